@@ -1,0 +1,5 @@
+"""mxisd-flask: a federated Matrix identity server."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"

@@ -1,0 +1,59 @@
+"""The application factory."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, Response, jsonify, request
+
+from mxisd_flask.config.sections import Config
+from mxisd_flask.http.errors import register_error_handlers
+from mxisd_flask.http.identity import make_blueprint
+from mxisd_flask.services import build_services
+from mxisd_flask.services.clock import Clock, now_ms
+from mxisd_flask.services.notifications import MailSender
+
+logger = logging.getLogger(__name__)
+
+CORS_HEADERS = {
+    "Access-Control-Allow-Origin": "*",
+    "Access-Control-Allow-Methods": "GET, POST, PUT, DELETE, OPTIONS",
+    "Access-Control-Allow-Headers": "Origin, X-Requested-With, Content-Type, "
+    "Accept, Authorization",
+}
+MAX_BODY_BYTES = 1 << 20
+
+
+def create_app(
+    config: Config, clock: Clock = now_ms, mail_sender: MailSender | None = None
+) -> Flask:
+    app = Flask("mxisd_flask")
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    app.json.sort_keys = False  # type: ignore[attr-defined]  # DefaultJSONProvider
+    app.extensions["mxisd"] = build_services(config, clock, mail_sender)
+
+    register_error_handlers(app)
+    if config.serve_v2:
+        app.register_blueprint(make_blueprint("v2"))
+    if config.serve_v1:
+        app.register_blueprint(make_blueprint("v1"))
+
+    @app.get("/_matrix/identity/versions")
+    def versions() -> Response:
+        """GET /_matrix/identity/versions"""
+        return jsonify({"versions": ["r0.3.0", "v1.1", "v1.18"]})
+
+    @app.before_request
+    def preflight() -> Response | None:
+        # Browsers preflight any path; answer all of them, known or not.
+        if request.method == "OPTIONS":
+            return jsonify({})
+        return None
+
+    @app.after_request
+    def cors(response: Response) -> Response:
+        response.headers.update(CORS_HEADERS)
+        return response
+
+    logger.info("mxisd-flask ready server_name=%s", config.server.name)
+    return app

@@ -1,0 +1,106 @@
+"""The ``mxisd`` command: run, check-config, keys show."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Any
+
+from mxisd_flask.config import Config, load_config
+from mxisd_flask.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="mxisd", description="Matrix identity server")
+    parser.add_argument("--config", help="YAML configuration file (or $MXISD_CONFIG)")
+    commands = parser.add_subparsers(dest="command")
+    run = commands.add_parser("run", help="serve in the foreground under gunicorn")
+    run.add_argument("--config", dest="sub_config", help=argparse.SUPPRESS)
+    check = commands.add_parser("check-config", help="validate the configuration")
+    check.add_argument("--config", dest="sub_config", help=argparse.SUPPRESS)
+    keys = commands.add_parser("keys", help="signing key commands")
+    keys.add_argument("action", choices=["show"])
+    keys.add_argument("--config", dest="sub_config", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
+    path = getattr(args, "sub_config", None) or args.config
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        print(f"mxisd: configuration error: {exc}", file=sys.stderr)
+        return 1
+    logging.getLogger().setLevel(config.log_level)
+
+    if args.command == "check-config":
+        print("configuration OK")
+        return 0
+    if args.command == "keys":
+        return _show_key(config)
+    return serve(config, path)
+
+
+def _show_key(config: Config) -> int:
+    from mxisd_flask.crypto.keys import (
+        KEY_ID,
+        load_or_create_signing_key,
+        public_key_b64,
+    )
+
+    try:
+        key = load_or_create_signing_key(config.key_path)
+    except ConfigError as exc:
+        print(f"mxisd: {exc}", file=sys.stderr)
+        return 1
+    print(f"{KEY_ID} {public_key_b64(key)}")
+    return 0
+
+
+def serve(config: Config, path: str | None) -> int:
+    """Run gunicorn in the foreground; SIGTERM stops it cleanly."""
+    from gunicorn.app.base import BaseApplication
+
+    from mxisd_flask.app import create_app
+
+    # Create the key and schema once before forking, so workers never race.
+    from mxisd_flask.services import build_services
+
+    try:
+        build_services(config)
+    except ConfigError as exc:
+        print(f"mxisd: configuration error: {exc}", file=sys.stderr)
+        return 1
+
+    class Application(BaseApplication):  # type: ignore[misc]  # untyped base
+        def load_config(self) -> None:
+            server = config.server
+            options: dict[str, Any] = {
+                "bind": _bind(server.hostname, server.port),
+                "workers": server.workers,
+                "threads": server.threads,
+                "worker_class": server.worker_class,
+                "keepalive": 75,
+                "graceful_timeout": 10,
+                "accesslog": None,
+                "loglevel": config.log_level.lower(),
+            }
+            if server.tls_cert_file and server.tls_key_file:
+                options["certfile"] = server.tls_cert_file
+                options["keyfile"] = server.tls_key_file
+            for key, value in options.items():
+                self.cfg.set(key, value)
+
+        def load(self) -> Any:
+            return create_app(config)
+
+    Application().run()
+    return 0
+
+
+def _bind(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -1,0 +1,64 @@
+"""The server's long-term ed25519 signing key and JSON signing."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import signedjson.key
+import signedjson.sign
+from nacl.signing import SigningKey, VerifyKey
+from unpaddedbase64 import encode_base64
+
+from mxisd_flask.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+KEY_ID = "ed25519:0"
+
+
+def load_or_create_signing_key(path: str) -> SigningKey:
+    """Read the key file at ``path``, creating it (mode 0600) on first start.
+
+    The file holds one line in mxisd's/Synapse's form: ``ed25519 0 <seed>``.
+    """
+    try:
+        with open(path, encoding="ascii") as handle:
+            keys = signedjson.key.read_signing_keys(handle)
+    except FileNotFoundError:
+        return _create(path)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"key.path: cannot read signing key {path}") from exc
+    if not keys:
+        raise ConfigError(f"key.path: {path} holds no signing key")
+    key: SigningKey = keys[0]
+    return key
+
+
+def _create(path: str) -> SigningKey:
+    key = signedjson.key.generate_signing_key("0")
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(directory, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        # Another worker created it between our read and our write.
+        return load_or_create_signing_key(path)
+    except OSError as exc:
+        raise ConfigError(f"key.path: cannot create {path}: {exc.strerror}") from exc
+    with os.fdopen(fd, "w", encoding="ascii") as handle:
+        signedjson.key.write_signing_keys(handle, [key])
+    logger.info("signing key created key_id=%s path=%s", KEY_ID, path)
+    return key
+
+
+def public_key_b64(key: SigningKey | VerifyKey) -> str:
+    verify = key.verify_key if isinstance(key, SigningKey) else key
+    return encode_base64(bytes(verify))
+
+
+def sign_json(obj: dict[str, Any], server_name: str, key: SigningKey) -> dict[str, Any]:
+    """Return ``obj`` with our signature added under ``signatures``."""
+    signed: dict[str, Any] = signedjson.sign.sign_json(dict(obj), server_name, key)
+    return signed

@@ -1,0 +1,103 @@
+"""Reading requests: JSON bodies, typed fields, access tokens, client address."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from flask import current_app, g, request
+
+from mxisd_flask.errors import BadJson, InvalidParam, MissingParams, NotJson
+from mxisd_flask.services import Services
+
+
+def services() -> Services:
+    found: Services = current_app.extensions["mxisd"]
+    return found
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+def json_body(allow_form: bool = False) -> dict[str, Any]:
+    """The request body as a JSON object (or, for legacy v1, a form)."""
+    if allow_form and request.mimetype == "application/x-www-form-urlencoded":
+        return request.form.to_dict()
+    raw = request.get_data(cache=True)
+    try:
+        body = json.loads(raw, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as exc:
+        raise NotJson("Content not JSON") from exc
+    if not isinstance(body, dict):
+        raise BadJson("The body must be a JSON object")
+    return body
+
+
+def require_str(body: Mapping[str, Any], *names: str) -> list[str]:
+    missing = [n for n in names if body.get(n) is None]
+    if missing:
+        raise MissingParams(f"Missing parameters: {', '.join(missing)}")
+    values = []
+    for name in names:
+        value = body[name]
+        if not isinstance(value, str):
+            raise InvalidParam(f"{name} must be a string")
+        values.append(value)
+    return values
+
+
+def optional_str(body: Mapping[str, Any], name: str) -> str | None:
+    value = body.get(name)
+    if value is not None and not isinstance(value, str):
+        raise InvalidParam(f"{name} must be a string")
+    return value
+
+
+def require_int(body: Mapping[str, Any], name: str) -> int:
+    value = body.get(name)
+    if value is None:
+        raise MissingParams(f"Missing parameters: {name}")
+    if isinstance(value, str) and value.isdigit():
+        value = int(value)  # legacy v1 form posts send numbers as text
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise InvalidParam(f"{name} must be an integer")
+    return value
+
+
+def access_token() -> str | None:
+    header = request.headers.get("Authorization", "")
+    if header.startswith("Bearer "):
+        return header[len("Bearer ") :].strip() or None
+    # Synapse still sends the token as a query parameter on some calls.
+    return request.args.get("access_token") or None
+
+
+def authenticated_user() -> str:
+    """The v2 caller's mxid; 401 without a valid token, 403 without terms."""
+    found = g.get("user_id")
+    if found is not None:
+        return str(found)
+    svc = services()
+    user_id = svc.accounts.user_for_token(access_token())
+    svc.terms.check(user_id, request.path)
+    g.user_id = user_id
+    return user_id
+
+
+def client_address() -> str:
+    """The client's address, believing X-Forwarded-For only from our proxies."""
+    proxies = services().config.server.trusted_proxies
+    candidate = request.remote_addr or ""
+    hops = [h.strip() for h in request.headers.get("X-Forwarded-For", "").split(",")]
+    for hop in reversed([h for h in hops if h]):
+        try:
+            address = ipaddress.ip_address(candidate)
+        except ValueError:
+            return candidate
+        if not any(address in net for net in proxies):
+            return candidate
+        candidate = hop
+    return candidate

@@ -1,0 +1,65 @@
+"""Value types shared by every layer."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from email_validator import EmailNotValidError, validate_email
+
+from mxisd_flask.errors import InvalidAddress, InvalidEmail, InvalidParam
+
+MXID_RE = re.compile(r"^@[^:\s]+:[A-Za-z0-9.\-\[\]:]+$")
+CLIENT_SECRET_RE = re.compile(r"^[0-9a-zA-Z.=_\-]{1,255}$")
+
+
+@dataclass(frozen=True)
+class ThreePid:
+    medium: str
+    address: str
+
+
+def normalise_address(medium: str, address: str) -> str:
+    """Canonical form of an address, used before any lookup or storage.
+
+    Emails compare case-insensitively (users type them in any case); msisdn
+    are E.164 digits without the leading '+'.
+    """
+    if medium == "email":
+        return normalise_email(address)
+    if medium == "msisdn":
+        digits = re.sub(r"[\s().\-]", "", address).lstrip("+")
+        if not digits.isdigit():
+            raise InvalidAddress("Phone number must be digits in E.164 form")
+        return digits
+    return address
+
+
+def normalise_email(address: str) -> str:
+    if not isinstance(address, str) or len(address) > 254:
+        raise InvalidEmail("Invalid email address")
+    try:
+        checked = validate_email(address, check_deliverability=False)
+    except EmailNotValidError as exc:
+        raise InvalidEmail("Invalid email address") from exc
+    return str(checked.normalized).lower()
+
+
+def check_client_secret(client_secret: object) -> str:
+    if not isinstance(client_secret, str) or not CLIENT_SECRET_RE.match(client_secret):
+        raise InvalidParam("Invalid client_secret")
+    return client_secret
+
+
+def check_mxid(mxid: object, field: str = "mxid") -> str:
+    if not isinstance(mxid, str) or not MXID_RE.match(mxid) or len(mxid) > 255:
+        raise InvalidParam(f"Invalid {field}")
+    return mxid
+
+
+def redact(medium: str, address: str) -> str:
+    """A 3PID for logs at info and above: enough to correlate, not to read."""
+    if medium == "email" and "@" in address:
+        local, _, domain = address.rpartition("@")
+        return f"email:{local[:1]}***@{domain}"
+    return f"{medium}:{'*' * max(len(address) - 4, 0)}{address[-4:]}"

@@ -1,0 +1,78 @@
+"""The services layer, built once per process by ``build_services``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mxisd_flask.config.sections import Config
+from mxisd_flask.crypto.keys import load_or_create_signing_key
+from mxisd_flask.notify.smtp import SmtpMailSender
+from mxisd_flask.outbound import OutboundClient
+from mxisd_flask.services.accounts import AccountService, TermsService
+from mxisd_flask.services.bind import BindService
+from mxisd_flask.services.clock import Clock, now_ms
+from mxisd_flask.services.invite import InviteService
+from mxisd_flask.services.keys import KeyService
+from mxisd_flask.services.lookup import LocalBindingProvider, LookupChain
+from mxisd_flask.services.lookups import LookupService
+from mxisd_flask.services.notifications import MailSender, NotificationService
+from mxisd_flask.services.pepper import PepperService
+from mxisd_flask.services.sessions import SessionService
+from mxisd_flask.storage.db import Database
+from mxisd_flask.stores.memory import MemoryIdentityStore
+
+
+@dataclass
+class Services:
+    config: Config
+    db: Database
+    keys: KeyService
+    pepper: PepperService
+    lookups: LookupService
+    sessions: SessionService
+    bind: BindService
+    invites: InviteService
+    accounts: AccountService
+    terms: TermsService
+
+
+def build_services(
+    config: Config, clock: Clock = now_ms, mail_sender: MailSender | None = None
+) -> Services:
+    """Wire adapters and services; migrates storage and ensures a pepper."""
+    db = Database(config.storage)
+    db.migrate()
+    signing_key = load_or_create_signing_key(config.key_path)
+    keys = KeyService(
+        signing_key, config.server.name, config.server.public_url, db, clock
+    )
+    pepper = PepperService(db, config.hashing, clock)
+    pepper.current()
+    chain = LookupChain(
+        [LocalBindingProvider(db), MemoryIdentityStore(config.memory_identities)]
+    )
+    notifications = NotificationService(
+        config.email,
+        mail_sender or SmtpMailSender(config.email),
+        config.domain,
+        config.server.public_url,
+    )
+    sessions = SessionService(
+        db, notifications, clock, config.session_ttl_s, config.validation_enabled
+    )
+    outbound = OutboundClient(
+        config.outbound_allowed, config.outbound_timeout_s, config.verify_certs
+    )
+    db.close()  # connections are per thread; serving threads open their own
+    return Services(
+        config=config,
+        db=db,
+        keys=keys,
+        pepper=pepper,
+        lookups=LookupService(chain, keys, pepper, config.hashing),
+        sessions=sessions,
+        bind=BindService(db, sessions, keys, pepper, clock),
+        invites=InviteService(db, chain, keys, notifications, clock),
+        accounts=AccountService(db, outbound, config.federation_overrides, clock),
+        terms=TermsService(db, config.policies),
+    )

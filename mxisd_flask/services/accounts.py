@@ -1,0 +1,111 @@
+"""Identity server accounts (v2): OpenID registration, tokens, terms."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import urllib.parse
+from typing import Any
+
+from mxisd_flask.config.sections import Policy
+from mxisd_flask.errors import (
+    FetcherError,
+    InvalidParam,
+    TermsNotSigned,
+    Unauthorized,
+    UnknownToken,
+)
+from mxisd_flask.outbound import OutboundClient
+from mxisd_flask.services.clock import Clock
+from mxisd_flask.storage.accounts import AccountStorage
+from mxisd_flask.storage.db import Database
+
+logger = logging.getLogger(__name__)
+
+
+class AccountService:
+    def __init__(
+        self,
+        db: Database,
+        outbound: OutboundClient,
+        federation_overrides: dict[str, str],
+        clock: Clock,
+    ) -> None:
+        self._db = db
+        self._outbound = outbound
+        self._overrides = federation_overrides
+        self._clock = clock
+        self._storage = AccountStorage()
+
+    def register(self, openid_token: str, server_name: str) -> str:
+        """Check an OpenID token with its homeserver; returns our access token."""
+        if not server_name or "/" in server_name or "@" in server_name:
+            raise InvalidParam("Invalid matrix_server_name")
+        try:
+            base = self._outbound.resolve_homeserver(server_name, self._overrides)
+            query = urllib.parse.urlencode({"access_token": openid_token})
+            answer = self._outbound.get_json(
+                f"{base}/_matrix/federation/v1/openid/userinfo?{query}"
+            )
+        except FetcherError as exc:
+            logger.warning("openid check failed server_name=%s: %s", server_name, exc)
+            raise Unauthorized("The OpenID token could not be verified") from exc
+        user_id = answer.get("sub") if isinstance(answer, dict) else None
+        if not isinstance(user_id, str) or not user_id.endswith(":" + server_name):
+            raise Unauthorized("The homeserver did not vouch for a user of its own")
+
+        token = secrets.token_urlsafe(32)
+        with self._db.transaction(exclusive=True) as cur:
+            self._storage.insert(cur, token, user_id, self._clock())
+        logger.info("account registered user_id=%s", user_id)
+        return token
+
+    def user_for_token(self, token: str | None) -> str:
+        if not token:
+            raise Unauthorized("Unrecognised access token")
+        with self._db.transaction() as cur:
+            user_id = self._storage.user_for_token(cur, token)
+        if user_id is None:
+            raise Unauthorized("Unrecognised access token")
+        return user_id
+
+    def logout(self, token: str | None) -> None:
+        with self._db.transaction(exclusive=True) as cur:
+            if not token or self._storage.user_for_token(cur, token) is None:
+                raise UnknownToken("Unrecognised access token")
+            self._storage.delete_token(cur, token)
+
+
+class TermsService:
+    def __init__(self, db: Database, policies: tuple[Policy, ...]) -> None:
+        self._db = db
+        self._policies = policies
+        self._storage = AccountStorage()
+
+    def terms(self) -> dict[str, Any]:
+        return {
+            "policies": {
+                p.name: {"version": p.version, **p.terms} for p in self._policies
+            }
+        }
+
+    def accept(self, user_id: str, urls: list[str]) -> None:
+        known = {doc["url"] for p in self._policies for doc in p.terms.values()}
+        with self._db.transaction(exclusive=True) as cur:
+            self._storage.accept(cur, user_id, [u for u in urls if u in known])
+
+    def check(self, user_id: str, path: str) -> None:
+        """Raise TermsNotSigned if a policy guarding ``path`` is not accepted."""
+        guarding = [
+            p
+            for p in self._policies
+            if not p.regexps or any(r.search(path) for r in p.regexps)
+        ]
+        if not guarding:
+            return
+        with self._db.transaction() as cur:
+            accepted = self._storage.accepted_urls(cur, user_id)
+        for policy in guarding:
+            # Accepting the document in any one language accepts the policy.
+            if not {doc["url"] for doc in policy.terms.values()} & accepted:
+                raise TermsNotSigned("Please accept our updated terms of service")

@@ -1,0 +1,90 @@
+"""Lookup API logic: v1 signed single lookups, bulk, v2 hashed lookups."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from mxisd_flask.config.sections import HashingConfig
+from mxisd_flask.errors import InvalidParam, InvalidPepper, MatrixError
+from mxisd_flask.model import normalise_address
+from mxisd_flask.services.keys import KeyService
+from mxisd_flask.services.lookup import LookupChain
+from mxisd_flask.services.pepper import PepperService
+
+MAX_LOOKUP_ADDRESSES = 10000
+
+
+class LookupService:
+    def __init__(
+        self,
+        chain: LookupChain,
+        keys: KeyService,
+        pepper: PepperService,
+        config: HashingConfig,
+    ) -> None:
+        self._chain = chain
+        self._keys = keys
+        self._pepper = pepper
+        self._config = config
+
+    def hash_details(self) -> dict[str, Any]:
+        return {
+            "algorithms": list(self._algorithms()),
+            "lookup_pepper": self._pepper.current(),
+        }
+
+    def _algorithms(self) -> tuple[str, ...]:
+        return self._config.algorithms if self._config.enabled else ("none",)
+
+    def lookup_v1(self, medium: str, address: str) -> dict[str, Any]:
+        """GET /_matrix/identity/api/v1/lookup: signed association or {}."""
+        try:
+            address = normalise_address(medium, address)
+        except MatrixError:
+            return {}
+        mxid = self._chain.lookup(medium, address)
+        if mxid is None:
+            return {}
+        return self._keys.association(medium, address, mxid)
+
+    def bulk_lookup(self, threepids: Sequence[tuple[str, str]]) -> list[list[str]]:
+        """POST bulk_lookup: [[medium, address, mxid], ...] for the known ones."""
+        wanted: dict[tuple[str, str], tuple[str, str]] = {}
+        for medium, address in threepids:
+            try:
+                wanted[(medium, normalise_address(medium, address))] = (medium, address)
+            except MatrixError:
+                continue
+        found = self._chain.bulk_lookup(list(wanted))
+        return [[*wanted[tp], mxid] for tp, mxid in found.items()]
+
+    def lookup_v2(
+        self, algorithm: str, pepper: str, addresses: Sequence[str]
+    ) -> dict[str, str]:
+        """POST /_matrix/identity/v2/lookup: {hash or "address medium": mxid}."""
+        if len(addresses) > MAX_LOOKUP_ADDRESSES:
+            raise InvalidParam(f"At most {MAX_LOOKUP_ADDRESSES} addresses per lookup")
+        current = self._pepper.current()
+        if algorithm not in self._algorithms():
+            raise InvalidParam("Unknown algorithm", algorithm=algorithm)
+        if pepper != current:
+            raise InvalidPepper(
+                "Unknown or invalid pepper",
+                algorithms=list(self._algorithms()),
+                lookup_pepper=current,
+            )
+        if algorithm == "sha256":
+            return self._chain.hashed_lookup(addresses, current)
+        return self._plain(addresses)
+
+    def _plain(self, addresses: Sequence[str]) -> dict[str, str]:
+        wanted: dict[tuple[str, str], str] = {}
+        for entry in addresses:
+            address, _, medium = entry.rpartition(" ")
+            try:
+                wanted[(medium, normalise_address(medium, address))] = entry
+            except MatrixError:
+                continue
+        found = self._chain.bulk_lookup(list(wanted))
+        return {wanted[tp]: mxid for tp, mxid in found.items()}

@@ -1,0 +1,204 @@
+"""Our own database: SQLite or PostgreSQL, one schema, versioned migrations.
+
+SQL in this package is written with ``?`` placeholders and portable types;
+``Database`` adapts the placeholders for psycopg2. Connections are opened
+lazily per thread (never at import time: gunicorn forks workers).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, Protocol
+
+import psycopg2
+
+from mxisd_flask.config.sections import StorageConfig
+from mxisd_flask.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+MIGRATIONS: list[list[str]] = [
+    [
+        """CREATE TABLE sessions (
+            sid TEXT PRIMARY KEY,
+            client_secret TEXT NOT NULL,
+            medium TEXT NOT NULL,
+            address TEXT NOT NULL,
+            token TEXT NOT NULL,
+            send_attempt BIGINT NOT NULL,
+            next_link TEXT,
+            validated_ts BIGINT,
+            created_ts BIGINT NOT NULL,
+            last_ts BIGINT NOT NULL)""",
+        "CREATE INDEX sessions_secret ON sessions (client_secret, medium, address)",
+        """CREATE TABLE bindings (
+            medium TEXT NOT NULL,
+            address TEXT NOT NULL,
+            mxid TEXT NOT NULL,
+            lookup_hash TEXT NOT NULL,
+            created_ts BIGINT NOT NULL,
+            PRIMARY KEY (medium, address))""",
+        "CREATE INDEX bindings_hash ON bindings (lookup_hash)",
+        """CREATE TABLE hash_state (
+            id INTEGER PRIMARY KEY,
+            pepper TEXT NOT NULL,
+            created_ts BIGINT NOT NULL)""",
+        """CREATE TABLE invites (
+            token TEXT PRIMARY KEY,
+            medium TEXT NOT NULL,
+            address TEXT NOT NULL,
+            room_id TEXT NOT NULL,
+            sender TEXT NOT NULL,
+            ephemeral_public_key TEXT NOT NULL,
+            ephemeral_private_key TEXT NOT NULL,
+            extra TEXT NOT NULL,
+            created_ts BIGINT NOT NULL)""",
+        "CREATE INDEX invites_threepid ON invites (medium, address)",
+        "CREATE INDEX invites_ephemeral ON invites (ephemeral_public_key)",
+        """CREATE TABLE accounts (
+            token TEXT PRIMARY KEY,
+            user_id TEXT NOT NULL,
+            created_ts BIGINT NOT NULL)""",
+        """CREATE TABLE accepted_terms (
+            user_id TEXT NOT NULL,
+            url TEXT NOT NULL,
+            PRIMARY KEY (user_id, url))""",
+    ],
+]
+
+
+class Cursor(Protocol):
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Any: ...
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> Any: ...
+    def fetchone(self) -> Any: ...
+    def fetchall(self) -> list[Any]: ...
+
+    @property
+    def rowcount(self) -> int: ...
+
+
+class _PgCursor:
+    """Adapts ``?`` placeholders to psycopg2's ``%s``."""
+
+    def __init__(self, cursor: Any) -> None:
+        self._cursor = cursor
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        return self._cursor.execute(sql.replace("?", "%s"), tuple(params))
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> Any:
+        return self._cursor.executemany(sql.replace("?", "%s"), rows)
+
+    def fetchone(self) -> Any:
+        return self._cursor.fetchone()
+
+    def fetchall(self) -> list[Any]:
+        return list(self._cursor.fetchall())
+
+    @property
+    def rowcount(self) -> int:
+        return int(self._cursor.rowcount)
+
+
+class Database:
+    """Thread-local connections and one transaction per unit of work."""
+
+    def __init__(self, config: StorageConfig) -> None:
+        self._config = config
+        self._local = threading.local()
+
+    @property
+    def backend(self) -> str:
+        return self._config.backend
+
+    def _connect(self) -> Any:
+        if self._config.backend == "sqlite":
+            directory = os.path.dirname(self._config.sqlite_database)
+            if directory:
+                os.makedirs(directory, exist_ok=True)
+            conn = sqlite3.connect(
+                self._config.sqlite_database, timeout=30, isolation_level=None
+            )
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            return conn
+        return psycopg2.connect(
+            host=self._config.pg_host,
+            port=self._config.pg_port,
+            dbname=self._config.pg_database,
+            user=self._config.pg_user,
+            password=self._config.pg_password or None,
+            connect_timeout=10,
+        )
+
+    def _connection(self) -> Any:
+        conn = getattr(self._local, "conn", None)
+        if conn is None or (self.backend == "postgresql" and conn.closed):
+            conn = self._connect()
+            self._local.conn = conn
+        return conn
+
+    @contextmanager
+    def transaction(self, exclusive: bool = False) -> Iterator[Cursor]:
+        """Run a block in one transaction: all of its writes or none."""
+        conn = self._connection()
+        if self.backend == "sqlite":
+            cursor = conn.cursor()
+            cursor.execute("BEGIN IMMEDIATE" if exclusive else "BEGIN")
+            try:
+                yield cursor
+            except BaseException:
+                conn.rollback()
+                raise
+            conn.commit()
+            return
+        try:
+            with conn:
+                with conn.cursor() as raw:
+                    yield _PgCursor(raw)
+        except psycopg2.InterfaceError:
+            # The server closed the connection; the next call reconnects.
+            self._local.conn = None
+            raise
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    def migrate(self) -> int:
+        """Apply pending migrations; safe when several processes start at once."""
+        try:
+            return self._migrate()
+        except (OSError, sqlite3.Error, psycopg2.Error) as exc:
+            key = f"storage.provider.{self.backend}"
+            raise ConfigError(f"{key}: cannot open the database: {exc}") from exc
+
+    def _migrate(self) -> int:
+        with self.transaction(exclusive=True) as cur:
+            if self.backend == "postgresql":
+                cur.execute("SELECT pg_advisory_xact_lock(7135)")
+            cur.execute(
+                "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"
+            )
+            cur.execute("SELECT version FROM schema_version")
+            row = cur.fetchone()
+            current = row[0] if row else 0
+            for version in range(current, len(MIGRATIONS)):
+                for statement in MIGRATIONS[version]:
+                    cur.execute(statement)
+                logger.info("storage schema migrated version=%d", version + 1)
+            if row is None:
+                cur.execute(
+                    "INSERT INTO schema_version (version) VALUES (?)",
+                    (len(MIGRATIONS),),
+                )
+            elif current != len(MIGRATIONS):
+                cur.execute("UPDATE schema_version SET version = ?", (len(MIGRATIONS),))
+        return len(MIGRATIONS)
