@@ -199,23 +199,6 @@ def make_config(
     return factory
 
 
-@pytest.fixture
-def config(make_config: ConfigFactory) -> Config:
-    return make_config()
-
-
-@pytest.fixture
-def app(config: Config, clock: FakeClock) -> Iterator[Flask]:
-    application = create_app(config, clock=clock)
-    yield application
-    application.extensions["mxisd"].db.close()
-
-
-@pytest.fixture
-def client(app: Flask) -> FlaskClient:
-    return app.test_client()
-
-
 class Homeserver:
     """A homeserver's OpenID userinfo endpoint: token -> user id."""
 
@@ -332,3 +315,20 @@ def validated_session(
 
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture
+def config(make_config: ConfigFactory, homeserver: Homeserver) -> Config:
+    return make_config(**homeserver_config(homeserver))
+
+
+@pytest.fixture
+def app(config: Config, clock: FakeClock) -> Iterator[Flask]:
+    application = create_app(config, clock=clock)
+    yield application
+    application.extensions["mxisd"].db.close()
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
