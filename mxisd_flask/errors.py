@@ -74,6 +74,8 @@ TermsNotSigned = _error("TermsNotSigned", 403, Errcode.TERMS_NOT_SIGNED)
 NotFound = _error("NotFound", 404, Errcode.NOT_FOUND)
 NoValidSession = _error("NoValidSession", 404, Errcode.NO_VALID_SESSION)
 Unrecognized = _error("Unrecognized", 404, Errcode.UNRECOGNIZED)
+# store-invite answers an unsupported medium with 400, not 404 (spec).
+UnsupportedMedium = _error("UnsupportedMedium", 400, Errcode.UNRECOGNIZED)
 LimitExceeded = _error("LimitExceeded", 429, Errcode.LIMIT_EXCEEDED)
 Unknown = _error("Unknown", 500, Errcode.UNKNOWN)
 

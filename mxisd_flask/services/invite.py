@@ -14,6 +14,7 @@ from mxisd_flask.errors import (
     InvalidParam,
     ThreePidInUse,
     Unrecognized,
+    UnsupportedMedium,
 )
 from mxisd_flask.model import check_mxid, normalise_email, redact
 from mxisd_flask.services.clock import Clock
@@ -63,7 +64,7 @@ class InviteService:
     ) -> dict[str, Any]:
         """Persist an invite, mail it, and answer with token and public keys."""
         if medium != "email":
-            raise Unrecognized("Only email invites are supported")
+            raise UnsupportedMedium("Only email invites are supported")
         address = normalise_email(address)
         check_mxid(sender, "sender")
         if not room_id.startswith("!"):
