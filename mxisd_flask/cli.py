@@ -92,8 +92,12 @@ def serve(config: Config, path: str | None) -> int:
             if server.tls_cert_file and server.tls_key_file:
                 options["certfile"] = server.tls_cert_file
                 options["keyfile"] = server.tls_key_file
+            # gunicorn 24+ opens a control socket under $HOME, which a system
+            # user lacks and which two instances would share.
+            options["control_socket_disable"] = True
             for key, value in options.items():
-                self.cfg.set(key, value)
+                if key in self.cfg.settings:
+                    self.cfg.set(key, value)
 
         def load(self) -> Any:
             return create_app(config)

@@ -162,9 +162,7 @@ def make_config(
         else:
             name = request.getfixturevalue("pg_database")
             reset_pg(name)
-            storage["provider"] = {
-                "postgresql": {"database": name, "user": "postgres"}
-            }
+            storage["provider"] = {"postgresql": {"database": name, "user": "postgres"}}
         raw: dict[str, Any] = {
             "matrix": {"domain": "example.org"},
             "server": {"publicUrl": "https://id.example.org"},
@@ -175,7 +173,11 @@ def make_config(
                     "email": {
                         "identity": {"from": "id@example.org", "name": "Example ID"},
                         "connectors": {
-                            "smtp": {"host": "127.0.0.1", "port": smtp_server[0], "tls": 0}
+                            "smtp": {
+                                "host": "127.0.0.1",
+                                "port": smtp_server[0],
+                                "tls": 0,
+                            }
                         },
                     }
                 }
@@ -186,7 +188,9 @@ def make_config(
                         "username": "alice",
                         "password": "alice-pw",
                         "name": "Alice",
-                        "threepids": [{"medium": "email", "address": "alice@example.org"}],
+                        "threepids": [
+                            {"medium": "email", "address": "alice@example.org"}
+                        ],
                     }
                 ]
             },

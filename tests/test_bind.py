@@ -81,11 +81,13 @@ def test_v2_bind_only_binds_the_token_owners_mxid(
     body = {"sid": sid, "client_secret": "secret-1"}
 
     other = client.post(
-        f"{V2}/3pid/bind", json={**body, "mxid": "@mallory:example.org"},
+        f"{V2}/3pid/bind",
+        json={**body, "mxid": "@mallory:example.org"},
         headers=bearer(token),
     )
     own = client.post(
-        f"{V2}/3pid/bind", json={**body, "mxid": "@carol:example.org"},
+        f"{V2}/3pid/bind",
+        json={**body, "mxid": "@carol:example.org"},
         headers=bearer(token),
     )
 
@@ -119,13 +121,18 @@ def test_unbind_with_the_session_removes_the_binding(
 ) -> None:
     sid = validated_session(client, mailbox, "carol@example.org")
     mxid = "@carol:example.org"
-    client.post(f"{V1}/3pid/bind", json={"sid": sid, "client_secret": "secret-1",
-                                         "mxid": mxid})
+    client.post(
+        f"{V1}/3pid/bind", json={"sid": sid, "client_secret": "secret-1", "mxid": mxid}
+    )
 
     response = client.post(
         f"{V1}/3pid/unbind",
-        json={"sid": sid, "client_secret": "secret-1", "mxid": mxid,
-              "threepid": {"medium": "email", "address": "carol@example.org"}},
+        json={
+            "sid": sid,
+            "client_secret": "secret-1",
+            "mxid": mxid,
+            "threepid": {"medium": "email", "address": "carol@example.org"},
+        },
     )
 
     assert response.status_code == 200
@@ -139,14 +146,20 @@ def test_unbind_with_a_session_for_another_address_is_forbidden(
     client: FlaskClient, mailbox: Mailbox
 ) -> None:
     carol = validated_session(client, mailbox, "carol@example.org")
-    client.post(f"{V1}/3pid/bind", json={"sid": carol, "client_secret": "secret-1",
-                                         "mxid": "@carol:example.org"})
+    client.post(
+        f"{V1}/3pid/bind",
+        json={"sid": carol, "client_secret": "secret-1", "mxid": "@carol:example.org"},
+    )
     mallory = validated_session(client, mailbox, "mallory@example.org", secret="m-1")
 
     response = client.post(
         f"{V1}/3pid/unbind",
-        json={"sid": mallory, "client_secret": "m-1", "mxid": "@carol:example.org",
-              "threepid": {"medium": "email", "address": "carol@example.org"}},
+        json={
+            "sid": mallory,
+            "client_secret": "m-1",
+            "mxid": "@carol:example.org",
+            "threepid": {"medium": "email", "address": "carol@example.org"},
+        },
     )
 
     assert response.status_code == 403
@@ -162,8 +175,10 @@ def test_unbind_without_session_is_refused_until_signed_requests_exist(
 ) -> None:
     response = client.post(
         f"{V1}/3pid/unbind",
-        json={"mxid": "@carol:example.org",
-              "threepid": {"medium": "email", "address": "carol@example.org"}},
+        json={
+            "mxid": "@carol:example.org",
+            "threepid": {"medium": "email", "address": "carol@example.org"},
+        },
     )
 
     assert response.status_code == 403

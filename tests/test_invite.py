@@ -27,9 +27,10 @@ def test_store_invite_persists_mails_and_answers_keys(
     assert body["token"]
     assert body["display_name"] == "eri...@exa..."
     long_term, ephemeral = body["public_keys"]
-    assert long_term["public_key"] == client.get(f"{V1}/pubkey/ed25519:0").get_json()[
-        "public_key"
-    ]
+    assert (
+        long_term["public_key"]
+        == client.get(f"{V1}/pubkey/ed25519:0").get_json()["public_key"]
+    )
     assert long_term["key_validity_url"] == (
         "https://id.example.org/_matrix/identity/v2/pubkey/isvalid"
     )
@@ -106,7 +107,11 @@ def test_sign_ed25519_signs_with_the_ephemeral_key(
 
     response = client.post(
         f"{V2}/sign-ed25519",
-        json={"mxid": "@erin:example.org", "token": invite_token, "private_key": private},
+        json={
+            "mxid": "@erin:example.org",
+            "token": invite_token,
+            "private_key": private,
+        },
         headers=bearer(token),
     )
 
@@ -114,7 +119,8 @@ def test_sign_ed25519_signs_with_the_ephemeral_key(
     assert signed["sender"] == "@alice:example.org"
     assert signed["mxid"] == "@erin:example.org"
     verify = signedjson.key.decode_verify_key_bytes(
-        "ed25519:0", decode_base64(signedjson.key.encode_verify_key_base64(key.verify_key))
+        "ed25519:0",
+        decode_base64(signedjson.key.encode_verify_key_base64(key.verify_key)),
     )
     signedjson.sign.verify_signed_json(signed, "example.org", verify)
 
@@ -123,7 +129,9 @@ def test_sign_ed25519_of_unknown_token_is_unrecognized(
     client: FlaskClient, homeserver: Homeserver
 ) -> None:
     token = register(client, homeserver, "@alice:example.org")
-    key = signedjson.key.encode_signing_key_base64(signedjson.key.generate_signing_key("0"))
+    key = signedjson.key.encode_signing_key_base64(
+        signedjson.key.generate_signing_key("0")
+    )
 
     response = client.post(
         f"{V2}/sign-ed25519",

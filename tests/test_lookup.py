@@ -3,16 +3,24 @@ from __future__ import annotations
 from flask import Flask
 from flask.testing import FlaskClient
 
-from conftest import V1, V2, FakeClock, Homeserver, Mailbox, bearer, register
-from conftest import validated_session
+from conftest import (
+    V1,
+    V2,
+    FakeClock,
+    Homeserver,
+    Mailbox,
+    bearer,
+    register,
+    validated_session,
+)
 from mxisd_flask.crypto.hashing import lookup_hash
 
 
 def bind(client: FlaskClient, mailbox: Mailbox, address: str, mxid: str) -> None:
     sid = validated_session(client, mailbox, address, secret="s-" + mxid[1:4])
     response = client.post(
-        f"{V1}/3pid/bind", json={"sid": sid, "client_secret": "s-" + mxid[1:4],
-                                 "mxid": mxid}
+        f"{V1}/3pid/bind",
+        json={"sid": sid, "client_secret": "s-" + mxid[1:4], "mxid": mxid},
     )
     assert response.status_code == 200
 
@@ -29,7 +37,8 @@ def test_v1_lookup_answers_from_the_memory_store_signed(client: FlaskClient) -> 
 
 def test_v1_lookup_of_unknown_address_is_empty(client: FlaskClient) -> None:
     response = client.get(
-        f"{V1}/lookup", query_string={"medium": "email", "address": "nobody@example.org"}
+        f"{V1}/lookup",
+        query_string={"medium": "email", "address": "nobody@example.org"},
     )
 
     assert response.status_code == 200
@@ -50,8 +59,14 @@ def test_bulk_lookup_returns_known_threepids_only(
 
     response = client.post(
         f"{V1}/bulk_lookup",
-        json={"threepids": [["email", "alice@example.org"], ["email", "carol@example.org"],
-                            ["email", "nobody@example.org"], ["email", "not an email"]]},
+        json={
+            "threepids": [
+                ["email", "alice@example.org"],
+                ["email", "carol@example.org"],
+                ["email", "nobody@example.org"],
+                ["email", "not an email"],
+            ]
+        },
     )
 
     assert sorted(map(tuple, response.get_json()["threepids"])) == [
@@ -82,7 +97,11 @@ def test_v2_hashed_lookup_finds_bindings_and_memory_identities(
 
     response = client.post(
         f"{V2}/lookup",
-        json={"algorithm": "sha256", "pepper": pepper, "addresses": list(hashes.values())},
+        json={
+            "algorithm": "sha256",
+            "pepper": pepper,
+            "addresses": list(hashes.values()),
+        },
         headers=bearer(token),
     )
 
@@ -102,8 +121,11 @@ def test_v2_none_algorithm_lookup(client: FlaskClient, homeserver: Homeserver) -
 
     response = client.post(
         f"{V2}/lookup",
-        json={"algorithm": "none", "pepper": pepper,
-              "addresses": ["alice@example.org email", "nobody@example.org email"]},
+        json={
+            "algorithm": "none",
+            "pepper": pepper,
+            "addresses": ["alice@example.org email", "nobody@example.org email"],
+        },
         headers=bearer(token),
     )
 
@@ -164,8 +186,11 @@ def test_pepper_rotates_on_schedule_and_bindings_follow(
     ]
     found = client.post(
         f"{V2}/lookup",
-        json={"algorithm": "sha256", "pepper": new,
-              "addresses": [lookup_hash("carol@example.org", "email", new)]},
+        json={
+            "algorithm": "sha256",
+            "pepper": new,
+            "addresses": [lookup_hash("carol@example.org", "email", new)],
+        },
         headers=bearer(token),
     ).get_json()
 

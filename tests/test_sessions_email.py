@@ -73,10 +73,14 @@ def test_bad_client_secret_is_refused(client: FlaskClient, secret: str) -> None:
         ({"email": "c@example.org", "send_attempt": 1}, "M_MISSING_PARAMS"),
         ({"client_secret": "s", "email": "c@example.org"}, "M_MISSING_PARAMS"),
         ({"client_secret": "s", "email": 5, "send_attempt": 1}, "M_INVALID_PARAM"),
-        ({"client_secret": "s", "email": "c@example.org", "send_attempt": "x"},
-         "M_INVALID_PARAM"),
-        ({"client_secret": "s", "email": "c@example.org", "send_attempt": -1},
-         "M_INVALID_PARAM"),
+        (
+            {"client_secret": "s", "email": "c@example.org", "send_attempt": "x"},
+            "M_INVALID_PARAM",
+        ),
+        (
+            {"client_secret": "s", "email": "c@example.org", "send_attempt": -1},
+            "M_INVALID_PARAM",
+        ),
     ],
 )
 def test_malformed_request_token_bodies(
@@ -121,7 +125,8 @@ def test_wrong_token_is_incorrect_and_does_not_validate(
     assert response.status_code == 400
     assert response.get_json()["errcode"] == "M_TOKEN_INCORRECT"
     check = client.get(
-        f"{V1}/3pid/getValidated3pid", query_string={"sid": sid, "client_secret": "secret-1"}
+        f"{V1}/3pid/getValidated3pid",
+        query_string={"sid": sid, "client_secret": "secret-1"},
     )
     assert check.get_json()["errcode"] == "M_SESSION_NOT_VALIDATED"
 
@@ -131,8 +136,10 @@ def test_unknown_session_or_secret_is_no_valid_session(
 ) -> None:
     sid = request_token(client, "carol@example.org").get_json()["sid"]
 
-    for query in ({"sid": "nope", "client_secret": "secret-1"},
-                  {"sid": sid, "client_secret": "other-secret"}):
+    for query in (
+        {"sid": "nope", "client_secret": "secret-1"},
+        {"sid": sid, "client_secret": "other-secret"},
+    ):
         response = client.get(f"{V1}/3pid/getValidated3pid", query_string=query)
         assert response.status_code == 404
         assert response.get_json()["errcode"] == "M_NO_VALID_SESSION"
@@ -202,12 +209,20 @@ def test_get_submit_token_redirects_to_http_next_link_only(
         secret = "s-" + str(expect_redirect)
         sid = client.post(
             f"{V1}/validate/email/requestToken",
-            json={"client_secret": secret, "email": "carol@example.org",
-                  "send_attempt": 1, "next_link": next_link},
+            json={
+                "client_secret": secret,
+                "email": "carol@example.org",
+                "send_attempt": 1,
+                "next_link": next_link,
+            },
         ).get_json()["sid"]
         response = client.get(
             f"{V1}/validate/email/submitToken",
-            query_string={"sid": sid, "client_secret": secret, "token": mailbox.token()},
+            query_string={
+                "sid": sid,
+                "client_secret": secret,
+                "token": mailbox.token(),
+            },
         )
         if expect_redirect:
             assert response.status_code == 302
@@ -222,8 +237,11 @@ def test_unreachable_smtp_gives_send_error_and_leaves_no_session(
 ) -> None:
     from conftest import free_port
 
-    dead = {"threepid": {"medium": {"email": {"connectors": {"smtp": {
-        "port": free_port()}}}}}}
+    dead = {
+        "threepid": {
+            "medium": {"email": {"connectors": {"smtp": {"port": free_port()}}}}
+        }
+    }
     client = create_app(make_config(**dead), clock=clock).test_client()
 
     response = request_token(client, "carol@example.org")
@@ -252,9 +270,9 @@ def test_logs_hold_no_secret_token_or_full_address(
     client: FlaskClient, mailbox: Mailbox, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO)
-    sid = request_token(client, "carol@example.org", secret="very-secret-42").get_json()[
-        "sid"
-    ]
+    sid = request_token(
+        client, "carol@example.org", secret="very-secret-42"
+    ).get_json()["sid"]
     token = mailbox.token()
     client.post(
         f"{V1}/validate/email/submitToken",

@@ -1,0 +1,30 @@
+# Two commands set everything up on a fresh machine:
+#   make run    serve on http://127.0.0.1:8090 with the embedded default
+#   make test   run the whole test suite
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+
+.PHONY: run test lint bench clean
+
+$(BIN)/mxisd: setup.py setup.cfg
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+run: $(BIN)/mxisd
+	$(BIN)/mxisd run --config etc/mxisd.dev.yaml
+
+test: $(BIN)/mxisd
+	$(BIN)/python -m pytest -q
+
+lint: $(BIN)/mxisd
+	$(BIN)/ruff check mxisd_flask tests bench wsgi.py
+	$(BIN)/ruff format --check mxisd_flask tests bench wsgi.py
+
+bench: $(BIN)/mxisd
+	$(BIN)/python bench/lookup_bench.py
+
+clean:
+	rm -rf $(VENV) var

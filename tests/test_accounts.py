@@ -1,0 +1,156 @@
+from __future__ import annotations
+
+import pytest
+from flask.testing import FlaskClient
+
+from conftest import (
+    V2,
+    ConfigFactory,
+    FakeClock,
+    Homeserver,
+    bearer,
+    homeserver_config,
+    register,
+)
+from mxisd_flask.app import create_app
+from mxisd_flask.errors import FetcherError
+from mxisd_flask.outbound import OutboundClient
+
+TERMS = {
+    "policy": {
+        "policies": {
+            "privacy": {
+                "version": "1.0",
+                "terms": {
+                    "en": {"name": "Privacy", "url": "https://example.org/p-en"},
+                    "fr": {"name": "Vie privée", "url": "https://example.org/p-fr"},
+                },
+                "regexp": ["^/_matrix/identity/v2/hash_details$"],
+            }
+        }
+    }
+}
+
+
+def test_register_checks_the_openid_token_with_the_homeserver(
+    client: FlaskClient, homeserver: Homeserver
+) -> None:
+    token = register(client, homeserver, "@carol:example.org")
+
+    account = client.get(f"{V2}/account", headers=bearer(token))
+
+    assert account.get_json() == {"user_id": "@carol:example.org"}
+    assert homeserver.calls == 1
+
+
+def test_register_with_a_token_the_homeserver_rejects_is_unauthorized(
+    client: FlaskClient, homeserver: Homeserver
+) -> None:
+    response = client.post(
+        f"{V2}/account/register",
+        json={"access_token": "forged", "matrix_server_name": "example.org"},
+    )
+
+    assert response.status_code == 401
+    assert response.get_json()["errcode"] == "M_UNAUTHORIZED"
+
+
+def test_register_refuses_a_user_of_another_server(
+    client: FlaskClient, homeserver: Homeserver
+) -> None:
+    homeserver.tokens["t"] = "@mallory:evil.example"
+
+    response = client.post(
+        f"{V2}/account/register",
+        json={"access_token": "t", "matrix_server_name": "example.org"},
+    )
+
+    assert response.status_code == 401
+
+
+def test_logout_ends_the_token(client: FlaskClient, homeserver: Homeserver) -> None:
+    token = register(client, homeserver, "@carol:example.org")
+
+    assert client.post(f"{V2}/account/logout", headers=bearer(token)).get_json() == {}
+    after = client.get(f"{V2}/account", headers=bearer(token))
+    again = client.post(f"{V2}/account/logout", headers=bearer(token))
+
+    assert after.status_code == 401
+    assert again.status_code == 401
+    assert again.get_json()["errcode"] == "M_UNKNOWN_TOKEN"
+
+
+def test_outbound_client_refuses_internal_targets_unless_allowed() -> None:
+    guarded = OutboundClient((), timeout_s=1)
+    for url in (
+        "http://127.0.0.1:1/x",
+        "http://10.1.2.3/x",
+        "http://169.254.169.254/",
+        "http://[::1]:8/x",
+        "file:///etc/passwd",
+        "http://localhost/",
+    ):
+        with pytest.raises(FetcherError):
+            guarded.check_target(url)
+
+    import ipaddress
+
+    OutboundClient((ipaddress.ip_network("127.0.0.0/8"),), 1).check_target(
+        "http://127.0.0.1:1/x"
+    )
+
+
+def test_register_cannot_make_us_call_loopback_without_allowed_cidr(
+    make_config: ConfigFactory, clock: FakeClock, homeserver: Homeserver
+) -> None:
+    settings = homeserver_config(homeserver)
+    settings["outbound"] = {"allowedCidr": []}
+    client = create_app(make_config(**settings), clock=clock).test_client()
+    homeserver.tokens["t"] = "@carol:example.org"
+
+    response = client.post(
+        f"{V2}/account/register",
+        json={"access_token": "t", "matrix_server_name": "example.org"},
+    )
+
+    assert response.status_code == 401
+    assert homeserver.calls == 0
+
+
+def test_terms_must_be_accepted_before_guarded_calls(
+    make_config: ConfigFactory, clock: FakeClock, homeserver: Homeserver
+) -> None:
+    client = create_app(
+        make_config(**homeserver_config(homeserver), **TERMS), clock=clock
+    ).test_client()
+    token = register(client, homeserver, "@carol:example.org")
+
+    terms = client.get(f"{V2}/terms").get_json()
+    refused = client.get(f"{V2}/hash_details", headers=bearer(token))
+    unguarded = client.get(f"{V2}/account", headers=bearer(token))
+    client.post(
+        f"{V2}/terms",
+        json={"user_accepts": ["https://example.org/p-fr"]},
+        headers=bearer(token),
+    )
+    accepted = client.get(f"{V2}/hash_details", headers=bearer(token))
+
+    assert terms["policies"]["privacy"]["version"] == "1.0"
+    assert terms["policies"]["privacy"]["en"]["url"] == "https://example.org/p-en"
+    assert refused.status_code == 403
+    assert refused.get_json()["errcode"] == "M_TERMS_NOT_SIGNED"
+    assert unguarded.status_code == 200
+    assert accepted.status_code == 200
+
+
+def test_terms_post_rejects_a_non_list(
+    client: FlaskClient, homeserver: Homeserver
+) -> None:
+    token = register(client, homeserver, "@carol:example.org")
+
+    response = client.post(
+        f"{V2}/terms", json={"user_accepts": "https://x"}, headers=bearer(token)
+    )
+
+    assert response.status_code == 400
+    assert response.get_json()["errcode"] == "M_INVALID_PARAM"

@@ -1,0 +1,190 @@
+"""The whole flow over real HTTP against gunicorn started like an admin would."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+import signedjson.key
+import signedjson.sign
+import yaml
+from unpaddedbase64 import decode_base64
+
+from conftest import Homeserver, Mailbox, free_port, homeserver_config, text_of
+from mxisd_flask.crypto.hashing import lookup_hash
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Server:
+    def __init__(self, tmp_path: Path, smtp_port: int, extra: dict[str, Any]) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        raw = {
+            "matrix": {"domain": "example.org"},
+            "server": {"port": self.port, "publicUrl": self.url, "workers": 2},
+            "key": {"path": str(tmp_path / "signing.key")},
+            "storage": {"provider": {"sqlite": {"database": str(tmp_path / "db")}}},
+            "threepid": {
+                "medium": {
+                    "email": {
+                        "connectors": {
+                            "smtp": {"host": "127.0.0.1", "port": smtp_port, "tls": 0}
+                        }
+                    }
+                }
+            },
+            **extra,
+        }
+        self.config = tmp_path / "mxisd.yaml"
+        self.config.write_text(yaml.safe_dump(raw))
+        self.log_path = tmp_path / "server.log"
+        self.log = open(self.log_path, "w")  # noqa: SIM115  # closed in stop()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "mxisd_flask", "--config", str(self.config)],
+            cwd=ROOT,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                requests.get(f"{self.url}/_matrix/identity/v2", timeout=1)
+                return
+            except requests.ConnectionError:
+                assert self.process.poll() is None, self.output()
+                time.sleep(0.1)
+        raise AssertionError("server did not start: " + self.output())
+
+    def output(self) -> str:
+        return self.log_path.read_text()
+
+    def stop(self) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        code = self.process.wait(timeout=30)
+        self.log.close()
+        return code
+
+
+@pytest.fixture
+def server(
+    tmp_path: Path, smtp_server: tuple[int, Mailbox], homeserver: Homeserver
+) -> Iterator[Server]:
+    running = Server(tmp_path, smtp_server[0], homeserver_config(homeserver))
+    yield running
+    if running.process.poll() is None:
+        running.stop()
+
+
+def test_full_flow_over_http(
+    server: Server, mailbox: Mailbox, homeserver: Homeserver
+) -> None:
+    http = requests.Session()
+    base = server.url
+    openid = uuid.uuid4().hex
+    homeserver.tokens[openid] = "@carol:example.org"
+    token = http.post(
+        f"{base}/_matrix/identity/v2/account/register",
+        json={"access_token": openid, "matrix_server_name": "example.org"},
+    ).json()["token"]
+    auth = {"Authorization": f"Bearer {token}"}
+    v2 = f"{base}/_matrix/identity/v2"
+
+    sid = http.post(
+        f"{v2}/validate/email/requestToken",
+        headers=auth,
+        json={
+            "client_secret": "flow-secret",
+            "email": "carol@example.org",
+            "send_attempt": 1,
+        },
+    ).json()["sid"]
+    mail_token = mailbox.token()
+    assert http.post(
+        f"{v2}/validate/email/submitToken",
+        headers=auth,
+        json={
+            "sid": sid,
+            "client_secret": "flow-secret",
+            "token": mail_token,
+        },
+    ).json() == {"success": True}
+    bound = http.post(
+        f"{v2}/3pid/bind",
+        headers=auth,
+        json={"sid": sid, "client_secret": "flow-secret", "mxid": "@carol:example.org"},
+    )
+    assert bound.status_code == 200
+
+    pepper = http.get(f"{v2}/hash_details", headers=auth).json()["lookup_pepper"]
+    hashed = lookup_hash("carol@example.org", "email", pepper)
+    mappings = http.post(
+        f"{v2}/lookup",
+        headers=auth,
+        json={"algorithm": "sha256", "pepper": pepper, "addresses": [hashed]},
+    ).json()
+    assert mappings == {"mappings": {hashed: "@carol:example.org"}}
+
+    v1 = f"{base}/_matrix/identity/api/v1"
+    answer = http.get(
+        f"{v1}/lookup", params={"medium": "email", "address": "carol@example.org"}
+    ).json()
+    public = http.get(f"{v1}/pubkey/ed25519:0").json()["public_key"]
+    key = signedjson.key.decode_verify_key_bytes("ed25519:0", decode_base64(public))
+    signedjson.sign.verify_signed_json(answer, "example.org", key)
+    assert answer["mxid"] == "@carol:example.org"
+
+    invite = {
+        "medium": "email",
+        "room_id": "!r:example.org",
+        "sender": "@carol:example.org",
+    }
+    stored = http.post(
+        f"{v2}/store-invite",
+        headers=auth,
+        json={**invite, "address": "dave@example.org"},
+    ).json()
+    assert stored["token"] in text_of(mailbox.last())
+    in_use = http.post(
+        f"{v2}/store-invite",
+        headers=auth,
+        json={**invite, "address": "carol@example.org"},
+    )
+    assert in_use.status_code == 400
+    assert in_use.json() == {
+        "errcode": "M_THREEPID_IN_USE",
+        "error": in_use.json()["error"],
+        "mxid": "@carol:example.org",
+    }
+    assert http.get(f"{base}/nowhere").json()["errcode"] == "M_UNRECOGNIZED"
+
+
+def test_sigterm_stops_cleanly_and_two_instances_run_side_by_side(
+    tmp_path: Path, smtp_server: tuple[int, Mailbox]
+) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first = Server(tmp_path / "a", smtp_server[0], {})
+    second = Server(tmp_path / "b", smtp_server[0], {})
+    try:
+        keys = {
+            requests.get(f"{s.url}/_matrix/identity/v2/pubkey/ed25519:0").json()[
+                "public_key"
+            ]
+            for s in (first, second)
+        }
+        assert len(keys) == 2
+    finally:
+        codes = (first.stop(), second.stop())
+    assert codes == (0, 0)
+    assert "Traceback" not in first.output()
+    assert os.path.exists(tmp_path / "a" / "signing.key")

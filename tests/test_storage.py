@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+import pytest
+
+from conftest import V1, ConfigFactory, FakeClock, Homeserver, homeserver_config
+from mxisd_flask.app import create_app
+from mxisd_flask.config import Config
+from mxisd_flask.storage.db import MIGRATIONS, Database
+
+
+def test_migrations_apply_once_and_are_idempotent(config: Config) -> None:
+    db = Database(config.storage)
+
+    assert db.migrate() == len(MIGRATIONS)
+    assert db.migrate() == len(MIGRATIONS)
+    with db.transaction() as cur:
+        cur.execute("SELECT version FROM schema_version")
+        assert cur.fetchall() == [(len(MIGRATIONS),)]
+    db.close()
+
+
+def test_a_failed_unit_of_work_writes_nothing(config: Config) -> None:
+    db = Database(config.storage)
+    db.migrate()
+
+    with pytest.raises(RuntimeError), db.transaction(exclusive=True) as cur:
+        cur.execute(
+            "INSERT INTO accounts (token, user_id, created_ts) VALUES (?, ?, ?)",
+            ("t1", "@a:example.org", 1),
+        )
+        raise RuntimeError("fails half way")
+
+    with db.transaction() as cur:
+        cur.execute("SELECT COUNT(*) FROM accounts")
+        assert cur.fetchone()[0] == 0
+    db.close()
+
+
+def test_state_survives_a_restart(
+    make_config: ConfigFactory, clock: FakeClock, homeserver: Homeserver
+) -> None:
+    config = make_config(**homeserver_config(homeserver))
+    first = create_app(config, clock=clock)
+    key = first.test_client().get(f"{V1}/pubkey/ed25519:0").get_json()
+    pepper = first.extensions["mxisd"].pepper.current()
+    first.extensions["mxisd"].db.close()
+
+    second = create_app(config, clock=clock)
+
+    assert second.test_client().get(f"{V1}/pubkey/ed25519:0").get_json() == key
+    assert second.extensions["mxisd"].pepper.current() == pepper
+
+
+def test_v1_paths_can_be_turned_off(
+    make_config: ConfigFactory, clock: FakeClock
+) -> None:
+    client = create_app(make_config(matrix={"v1": False}), clock=clock).test_client()
+
+    assert client.get(V1).status_code == 404
+    assert client.get("/_matrix/identity/v2").status_code == 200
