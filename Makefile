@@ -22,6 +22,7 @@ test: $(BIN)/mxisd
 lint: $(BIN)/mxisd
 	$(BIN)/ruff check mxisd_flask tests bench wsgi.py
 	$(BIN)/ruff format --check mxisd_flask tests bench wsgi.py
+	$(BIN)/mypy mxisd_flask tests bench
 
 bench: $(BIN)/mxisd
 	$(BIN)/python bench/lookup_bench.py

@@ -21,7 +21,7 @@ MINIMAL: dict[str, Any] = {
 
 
 def with_changes(**sections: Any) -> dict[str, Any]:
-    raw = yaml.safe_load(yaml.safe_dump(MINIMAL))
+    raw: dict[str, Any] = yaml.safe_load(yaml.safe_dump(MINIMAL))
     raw.update(sections)
     return raw
 

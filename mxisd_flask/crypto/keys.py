@@ -8,7 +8,7 @@ from typing import Any
 
 import signedjson.key
 import signedjson.sign
-from nacl.signing import SigningKey, VerifyKey
+from signedjson.types import SigningKey, VerifyKey
 from unpaddedbase64 import encode_base64
 
 from mxisd_flask.errors import ConfigError
@@ -32,8 +32,7 @@ def load_or_create_signing_key(path: str) -> SigningKey:
         raise ConfigError(f"key.path: cannot read signing key {path}") from exc
     if not keys:
         raise ConfigError(f"key.path: {path} holds no signing key")
-    key: SigningKey = keys[0]
-    return key
+    return keys[0]
 
 
 def _create(path: str) -> SigningKey:
@@ -54,7 +53,7 @@ def _create(path: str) -> SigningKey:
 
 
 def public_key_b64(key: SigningKey | VerifyKey) -> str:
-    verify = key.verify_key if isinstance(key, SigningKey) else key
+    verify = getattr(key, "verify_key", key)
     return encode_base64(bytes(verify))
 
 

@@ -6,9 +6,10 @@ import logging
 import secrets
 from typing import Any
 
+import signedjson.key
 import signedjson.sign
 from nacl.signing import SigningKey
-from unpaddedbase64 import decode_base64, encode_base64
+from unpaddedbase64 import encode_base64
 
 from mxisd_flask.errors import (
     InvalidParam,
@@ -131,15 +132,13 @@ class InviteService:
         """Sign {mxid, sender, token} of a stored invite with its ephemeral key."""
         check_mxid(mxid)
         try:
-            key = SigningKey(decode_base64(private_key))
+            key = signedjson.key.decode_signing_key_base64("ed25519", "0", private_key)
         except (ValueError, TypeError) as exc:
             raise InvalidParam("Invalid private_key") from exc
         with self._db.transaction() as cur:
             invite = self._storage.by_token(cur, token)
         if invite is None:
             raise Unrecognized("Unknown invite token")
-        key.version = "0"
-        key.alg = "ed25519"
         signed: dict[str, Any] = signedjson.sign.sign_json(
             {"mxid": mxid, "sender": invite.sender, "token": token},
             self._keys.server_name,

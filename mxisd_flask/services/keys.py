@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from nacl.signing import SigningKey
+from signedjson.types import SigningKey
 
 from mxisd_flask.crypto.keys import KEY_ID, public_key_b64, sign_json
 from mxisd_flask.services.clock import Clock

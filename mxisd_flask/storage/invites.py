@@ -29,7 +29,10 @@ _COLUMNS = (
 
 
 def _invite(row: Any) -> Invite:
-    return Invite(*row[:7], json.loads(row[7]), row[8])
+    token, medium, address, room_id, sender, public, private, extra, ts = row
+    return Invite(
+        token, medium, address, room_id, sender, public, private, json.loads(extra), ts
+    )
 
 
 class InviteStorage:

@@ -1,0 +1,230 @@
+"""Lookup throughput benchmark: status, v1 lookup, v2 lookup of 1 and 1000 hashes.
+
+Preloads N bindings (default 100,000) into a fresh SQLite database, starts
+the server with ``mxisd run`` on a loopback port, and drives it with wrk
+(Debian package ``wrk``) at 16 keep-alive connections for a bounded time
+per endpoint. Prints requests/s, p50, p99 and the server's RSS.
+
+    python bench/lookup_bench.py [--bindings 100000] [--seconds 10]
+        [--workers 2] [--threads 8] [--worker-class gthread]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from mxisd_flask.config import load_config  # noqa: E402
+from mxisd_flask.crypto.hashing import lookup_hash  # noqa: E402
+from mxisd_flask.services.clock import now_ms  # noqa: E402
+from mxisd_flask.services.pepper import PepperService  # noqa: E402
+from mxisd_flask.storage.db import Database  # noqa: E402
+
+TOKEN = "bench-token"
+LUA_POST = """
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer %s"
+wrk.body = [[%s]]
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def write_config(directory: Path, port: int, args: argparse.Namespace) -> Path:
+    raw = {
+        "matrix": {"domain": "bench.example"},
+        "server": {
+            "port": port,
+            "publicUrl": f"http://127.0.0.1:{port}",
+            "workers": args.workers,
+            "threads": args.threads,
+            "workerClass": args.worker_class,
+        },
+        "key": {"path": str(directory / "signing.key")},
+        "storage": {"provider": {"sqlite": {"database": str(directory / "db")}}},
+        "logging": {"level": "WARNING"},
+    }
+    path = directory / "mxisd.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def preload(config_path: Path, count: int) -> str:
+    """Insert ``count`` bindings and an access token; returns the pepper."""
+    config = load_config(str(config_path))
+    db = Database(config.storage)
+    db.migrate()
+    pepper = PepperService(db, config.hashing, now_ms).current()
+    now = now_ms()
+    rows = [
+        (
+            "email",
+            f"user{i}@bench.example",
+            f"@user{i}:bench.example",
+            lookup_hash(f"user{i}@bench.example", "email", pepper),
+            now,
+        )
+        for i in range(count)
+    ]
+    with db.transaction(exclusive=True) as cur:
+        cur.executemany(
+            "INSERT INTO bindings (medium, address, mxid, lookup_hash, created_ts) "
+            "VALUES (?, ?, ?, ?, ?)",
+            rows,
+        )
+        cur.execute(
+            "INSERT INTO accounts (token, user_id, created_ts) VALUES (?, ?, ?)",
+            (TOKEN, "@bench:bench.example", now),
+        )
+    db.close()
+    return pepper
+
+
+def v2_body(pepper: str, count: int, total: int) -> str:
+    """``count`` hashes, half of them of known bindings, half misses."""
+    hits = [
+        lookup_hash(f"user{random.randrange(total)}@bench.example", "email", pepper)
+        for _ in range((count + 1) // 2)
+    ]
+    misses = [
+        lookup_hash(f"nobody{i}@bench.example", "email", pepper)
+        for i in range(count - len(hits))
+    ]
+    addresses = (hits + misses) if count > 1 else hits
+    return json.dumps({"algorithm": "sha256", "pepper": pepper, "addresses": addresses})
+
+
+def rss_mb(pid: int) -> float:
+    """RSS of the gunicorn master and its workers, in MiB."""
+    out = subprocess.run(
+        ["ps", "-o", "rss=", "--ppid", str(pid), "-p", str(pid)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return sum(int(x) for x in out.split()) / 1024
+
+
+def run_wrk(url: str, seconds: int, script: Path | None) -> dict[str, float]:
+    cmd = ["wrk", "-t", "2", "-c", "16", "-d", f"{seconds}s", "--latency", url]
+    if script is not None:
+        cmd[1:1] = ["-s", str(script)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {
+        "rps": rate,
+        "p50_ms": _ms(re.search(r"50%\s+([\d.]+\w+)", out).group(1)),  # type: ignore[union-attr]
+        "p99_ms": _ms(re.search(r"99%\s+([\d.]+\w+)", out).group(1)),  # type: ignore[union-attr]
+        "errors": float(non2xx.group(1)) if non2xx else 0.0,
+    }
+
+
+def _ms(text: str) -> float:
+    value, unit = re.fullmatch(r"([\d.]+)(\w+)", text).groups()  # type: ignore[union-attr]
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[unit]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bindings", type=int, default=100_000)
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=8)
+    parser.add_argument("--worker-class", default="gthread")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        print("bench: needs wrk (apt-get install wrk)", file=sys.stderr)
+        return 2
+
+    directory = Path(tempfile.mkdtemp(prefix="mxisd-bench-"))
+    port = free_port()
+    config = write_config(directory, port, args)
+    started = time.monotonic()
+    pepper = preload(config, args.bindings)
+    print(f"preloaded {args.bindings} bindings in {time.monotonic() - started:.1f}s")
+
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mxisd_flask", "--config", str(config)], cwd=ROOT
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        _wait(base)
+        scripts = {}
+        for name, count in (("v2_lookup_1", 1), ("v2_lookup_1000", 1000)):
+            path = directory / f"{name}.lua"
+            path.write_text(LUA_POST % (TOKEN, v2_body(pepper, count, args.bindings)))
+            scripts[name] = path
+        cases = [
+            ("status", f"{base}/_matrix/identity/v2", None),
+            (
+                "v1_lookup",
+                f"{base}/_matrix/identity/api/v1/lookup?medium=email"
+                f"&address=user{args.bindings // 2}@bench.example",
+                None,
+            ),
+            (
+                "v2_lookup_1",
+                f"{base}/_matrix/identity/v2/lookup",
+                scripts["v2_lookup_1"],
+            ),
+            (
+                "v2_lookup_1000",
+                f"{base}/_matrix/identity/v2/lookup",
+                scripts["v2_lookup_1000"],
+            ),
+        ]
+        results = {}
+        for name, url, script in cases:
+            results[name] = run_wrk(url, args.seconds, script)
+            results[name]["rss_mb"] = rss_mb(server.pid)
+            r = results[name]
+            print(
+                f"{name:16} {r['rps']:9.0f} req/s  p50 {r['p50_ms']:7.2f} ms  "
+                f"p99 {r['p99_ms']:7.2f} ms  rss {r['rss_mb']:6.0f} MiB  "
+                f"non-2xx {r['errors']:.0f}"
+            )
+        ratio = results["v2_lookup_1"]["rps"] / results["status"]["rps"]
+        print(f"v2 lookup of 1 hash / status: {ratio:.0%}")
+        print(json.dumps({"bindings": args.bindings, **results}))
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=30)
+        shutil.rmtree(directory, ignore_errors=True)
+    return 0
+
+
+def _wait(base: str) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(f"{base}/_matrix/identity/v2", timeout=1)
+            return
+        except OSError:
+            time.sleep(0.2)
+    raise SystemExit("bench: server did not start")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
