@@ -87,7 +87,7 @@ def preload(config_path: Path, count: int) -> str:
         )
         for i in range(count)
     ]
-    with db.transaction(exclusive=True) as cur:
+    with db.write() as cur:
         cur.executemany(
             "INSERT INTO bindings (medium, address, mxid, lookup_hash, created_ts) "
             "VALUES (?, ?, ?, ?, ?)",

@@ -7,7 +7,7 @@ import logging
 import sys
 from typing import Any
 
-from mxisd_flask.config import Config, load_config
+from mxisd_flask.config import WARNINGS, Config, load_config
 from mxisd_flask.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -21,6 +21,9 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--config", dest="sub_config", help=argparse.SUPPRESS)
     check = commands.add_parser("check-config", help="validate the configuration")
     check.add_argument("--config", dest="sub_config", help=argparse.SUPPRESS)
+    check.add_argument(
+        "--strict", action="store_true", help="exit 1 on warnings (unknown keys) too"
+    )
     keys = commands.add_parser("keys", help="signing key commands")
     keys.add_argument("action", choices=["show"])
     keys.add_argument("--config", dest="sub_config", help=argparse.SUPPRESS)
@@ -38,22 +41,36 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger().setLevel(config.log_level)
 
     if args.command == "check-config":
-        print("configuration OK")
-        return 0
+        return _report_check(args.strict)
     if args.command == "keys":
         return _show_key(config)
     return serve(config, path)
 
 
+def _report_check(strict: bool) -> int:
+    for warning in WARNINGS:
+        print(f"warning: {warning}", file=sys.stderr)
+    if WARNINGS and strict:
+        print(f"mxisd: {len(WARNINGS)} warning(s), failing (--strict)", file=sys.stderr)
+        return 1
+    suffix = f" with {len(WARNINGS)} warning(s)" if WARNINGS else ""
+    print(f"configuration OK{suffix}")
+    return 0
+
+
 def _show_key(config: Config) -> int:
-    from mxisd_flask.crypto.keys import (
-        KEY_ID,
-        load_or_create_signing_key,
-        public_key_b64,
-    )
+    """Print the public key; never creates one (that is the server's job)."""
+    from mxisd_flask.crypto.keys import KEY_ID, load_signing_key, public_key_b64
 
     try:
-        key = load_or_create_signing_key(config.key_path)
+        key = load_signing_key(config.key_path)
+    except FileNotFoundError:
+        print(
+            f"mxisd: no signing key yet at {config.key_path}; it is created "
+            "on the server's first start",
+            file=sys.stderr,
+        )
+        return 1
     except ConfigError as exc:
         print(f"mxisd: {exc}", file=sys.stderr)
         return 1

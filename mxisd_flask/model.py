@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -35,7 +36,9 @@ def normalise_address(medium: str, address: str) -> str:
     return address
 
 
+@functools.lru_cache(maxsize=65536)
 def normalise_email(address: str) -> str:
+    """Checked, lower-cased email; cached because lookups repeat addresses."""
     if not isinstance(address, str) or len(address) > 254:
         raise InvalidEmail("Invalid email address")
     try:

@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from mxisd_flask.config import load_config, parse_config
+from mxisd_flask.crypto.keys import load_or_create_signing_key
 from mxisd_flask.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -86,9 +87,31 @@ def test_bad_values_name_the_key(raw: dict[str, Any], key: str) -> None:
 def test_unknown_key_is_a_warning_naming_it(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING)
 
-    parse_config(with_changes(server={"prot": 1}))
+    parse_config(with_changes(server={"prot": 1, "publicURL": "https://x"}))
 
     assert "key=server.prot" in caplog.text
+    assert "key=server.publicURL (did you mean server.publicUrl?)" in caplog.text
+
+
+def test_empty_section_is_not_an_unknown_key(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING)
+
+    with pytest.raises(ConfigError):
+        parse_config({"matrix": None, "key": {"path": "/k"}})
+
+    assert "unknown" not in caplog.text
+
+
+def test_check_config_strict_fails_on_unknown_keys(tmp_path: Path) -> None:
+    path = tmp_path / "typo.yaml"
+    path.write_text(yaml.safe_dump(with_changes(server={"publicURL": "https://x"})))
+
+    lenient = run_cli("check-config", "--config", str(path))
+    strict = run_cli("check-config", "--strict", "--config", str(path))
+
+    assert lenient.returncode == 0
+    assert "did you mean server.publicUrl?" in lenient.stderr
+    assert strict.returncode == 1
 
 
 def test_mxisd_style_file_with_unknown_sections_loads(tmp_path: Path) -> None:
@@ -138,6 +161,11 @@ def test_keys_show_prints_the_public_key(tmp_path: Path) -> None:
     raw = with_changes(key={"path": str(tmp_path / "k")})
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(raw))
+
+    missing = run_cli("keys", "show", "--config", str(path))
+    assert missing.returncode == 1
+    assert not (tmp_path / "k").exists()
+    load_or_create_signing_key(str(tmp_path / "k"))
 
     first = run_cli("keys", "show", "--config", str(path))
     second = run_cli("keys", "show", "--config", str(path))

@@ -51,7 +51,7 @@ def test_store_invite_mail_carries_the_token(
     token = client.post(f"{V1}/store-invite", json=INVITE).get_json()["token"]
 
     assert token in text_of(mailbox.last())
-    with client.application.extensions["mxisd"].db.transaction() as cur:
+    with client.application.extensions["mxisd"].db.read() as cur:
         cur.execute("SELECT token, address FROM invites")
         assert cur.fetchall() == [(token, "erin@example.org")]
 

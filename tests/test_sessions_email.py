@@ -248,7 +248,7 @@ def test_unreachable_smtp_gives_send_error_and_leaves_no_session(
 
     assert response.status_code == 400
     assert response.get_json()["errcode"] == "M_EMAIL_SEND_ERROR"
-    with client.application.extensions["mxisd"].db.transaction() as cur:
+    with client.application.extensions["mxisd"].db.read() as cur:
         cur.execute("SELECT COUNT(*) FROM sessions")
         assert cur.fetchone()[0] == 0
 

@@ -13,7 +13,7 @@ def test_migrations_apply_once_and_are_idempotent(config: Config) -> None:
 
     assert db.migrate() == len(MIGRATIONS)
     assert db.migrate() == len(MIGRATIONS)
-    with db.transaction() as cur:
+    with db.read() as cur:
         cur.execute("SELECT version FROM schema_version")
         assert cur.fetchall() == [(len(MIGRATIONS),)]
     db.close()
@@ -23,14 +23,14 @@ def test_a_failed_unit_of_work_writes_nothing(config: Config) -> None:
     db = Database(config.storage)
     db.migrate()
 
-    with pytest.raises(RuntimeError), db.transaction(exclusive=True) as cur:
+    with pytest.raises(RuntimeError), db.write() as cur:
         cur.execute(
             "INSERT INTO accounts (token, user_id, created_ts) VALUES (?, ?, ?)",
             ("t1", "@a:example.org", 1),
         )
         raise RuntimeError("fails half way")
 
-    with db.transaction() as cur:
+    with db.read() as cur:
         cur.execute("SELECT COUNT(*) FROM accounts")
         assert cur.fetchone()[0] == 0
     db.close()

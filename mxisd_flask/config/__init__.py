@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import logging
 import os
 from typing import Any
@@ -14,7 +15,10 @@ from mxisd_flask.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Config", "ConfigError", "load_config", "parse_config"]
+__all__ = ["WARNINGS", "Config", "ConfigError", "load_config", "parse_config"]
+
+# Warnings of the last parse, for ``mxisd check-config`` to report.
+WARNINGS: list[str] = []
 
 
 def load_config(path: str | None = None) -> Config:
@@ -34,6 +38,7 @@ def load_config(path: str | None = None) -> Config:
 
 def parse_config(raw: Any, base_dir: str = ".") -> Config:
     """Check a parsed YAML document and build the frozen Config from it."""
+    WARNINGS.clear()
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -62,12 +67,22 @@ def parse_config(raw: Any, base_dir: str = ".") -> Config:
 def _flatten(node: dict[Any, Any], prefix: str, out: dict[str, Any]) -> None:
     for name, value in node.items():
         key = f"{prefix}{name}"
+        is_section = any(k.startswith(key + ".") for k in SCHEMA)
         if key in SCHEMA or key in FREE_FORM:
             out[key] = value
-        elif isinstance(value, dict) and any(k.startswith(key + ".") for k in SCHEMA):
+        elif is_section and isinstance(value, dict):
             _flatten(value, key + ".", out)
+        elif is_section and value is None:
+            continue  # an empty section, as YAML writes "matrix:" alone
         else:
-            logger.warning("unknown configuration key ignored key=%s", key)
+            _warn_unknown(key)
+
+
+def _warn_unknown(key: str) -> None:
+    close = difflib.get_close_matches(key, SCHEMA, n=1, cutoff=0.8)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    WARNINGS.append(f"unknown key {key} ignored{hint}")
+    logger.warning("unknown configuration key ignored key=%s%s", key, hint)
 
 
 def _apply_env_overrides(raw: dict[str, Any]) -> None:

@@ -16,7 +16,6 @@ SCHEMA: dict[str, tuple[tuple[type, ...], Any]] = {
     "matrix.domain": ((str,), REQUIRED),
     "matrix.v1": ((bool,), True),
     "matrix.v2": ((bool,), True),
-    "matrix.identity.servers": ((dict,), {}),
     "server.name": ((str,), None),
     "server.hostname": ((str,), "127.0.0.1"),
     "server.port": ((int,), 8090),
@@ -62,7 +61,6 @@ SCHEMA: dict[str, tuple[tuple[type, ...], Any]] = {
     "memory.identities": ((list,), []),
     "outbound.allowedCidr": ((list,), []),
     "outbound.timeout": ((int, float), 5),
-    "invite.publicUrl": ((str,), None),
     "logging.level": ((str,), "INFO"),
 }
 

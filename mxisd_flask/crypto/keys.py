@@ -19,15 +19,25 @@ KEY_ID = "ed25519:0"
 
 
 def load_or_create_signing_key(path: str) -> SigningKey:
-    """Read the key file at ``path``, creating it (mode 0600) on first start.
+    """Read the key file at ``path``, creating it (mode 0600) on first start."""
+    try:
+        return load_signing_key(path)
+    except FileNotFoundError:
+        return _create(path)
 
-    The file holds one line in mxisd's/Synapse's form: ``ed25519 0 <seed>``.
+
+def load_signing_key(path: str) -> SigningKey:
+    """Read the key file: one line in Synapse's form, ``ed25519 0 <seed>``.
+
+    Raises:
+        FileNotFoundError: there is no key file yet.
+        ConfigError: the file cannot be read or holds no key.
     """
     try:
         with open(path, encoding="ascii") as handle:
             keys = signedjson.key.read_signing_keys(handle)
     except FileNotFoundError:
-        return _create(path)
+        raise
     except (OSError, ValueError) as exc:
         raise ConfigError(f"key.path: cannot read signing key {path}") from exc
     if not keys:

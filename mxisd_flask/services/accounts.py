@@ -55,7 +55,7 @@ class AccountService:
             raise Unauthorized("The homeserver did not vouch for a user of its own")
 
         token = secrets.token_urlsafe(32)
-        with self._db.transaction(exclusive=True) as cur:
+        with self._db.write() as cur:
             self._storage.insert(cur, token, user_id, self._clock())
         logger.info("account registered user_id=%s", user_id)
         return token
@@ -63,14 +63,14 @@ class AccountService:
     def user_for_token(self, token: str | None) -> str:
         if not token:
             raise Unauthorized("Unrecognised access token")
-        with self._db.transaction() as cur:
+        with self._db.read() as cur:
             user_id = self._storage.user_for_token(cur, token)
         if user_id is None:
             raise Unauthorized("Unrecognised access token")
         return user_id
 
     def logout(self, token: str | None) -> None:
-        with self._db.transaction(exclusive=True) as cur:
+        with self._db.write() as cur:
             if not token or self._storage.user_for_token(cur, token) is None:
                 raise UnknownToken("Unrecognised access token")
             self._storage.delete_token(cur, token)
@@ -91,7 +91,7 @@ class TermsService:
 
     def accept(self, user_id: str, urls: list[str]) -> None:
         known = {doc["url"] for p in self._policies for doc in p.terms.values()}
-        with self._db.transaction(exclusive=True) as cur:
+        with self._db.write() as cur:
             self._storage.accept(cur, user_id, [u for u in urls if u in known])
 
     def check(self, user_id: str, path: str) -> None:
@@ -103,7 +103,7 @@ class TermsService:
         ]
         if not guarding:
             return
-        with self._db.transaction() as cur:
+        with self._db.read() as cur:
             accepted = self._storage.accepted_urls(cur, user_id)
         for policy in guarding:
             # Accepting the document in any one language accepts the policy.

@@ -46,7 +46,7 @@ class BindService:
             raise Unauthorized("You may only bind 3PIDs to your own Matrix ID")
         threepid = self._sessions.validated_threepid(sid, client_secret)
 
-        with self._db.transaction(exclusive=True) as cur:
+        with self._db.write() as cur:
             pepper = self._pepper.pepper_for_write(cur)
             hashed = lookup_hash(threepid.address, threepid.medium, pepper)
             self._storage.upsert(
@@ -77,7 +77,7 @@ class BindService:
         if (threepid.medium, threepid.address) != (medium, address):
             raise Forbidden("The session does not prove ownership of this 3PID")
 
-        with self._db.transaction(exclusive=True) as cur:
+        with self._db.write() as cur:
             removed = self._storage.delete(cur, medium, address, mxid)
         if removed:
             logger.info("unbind mxid=%s medium=%s sid=%s", mxid, medium, sid)

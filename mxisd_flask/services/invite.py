@@ -88,7 +88,7 @@ class InviteService:
             created_ts=self._clock(),
         )
         self._notifications.send_invite(address, self._placeholders(invite))
-        with self._db.transaction(exclusive=True) as cur:
+        with self._db.write() as cur:
             self._storage.insert(cur, invite)
         logger.info(
             "invite stored room_id=%s sender=%s to=%s",
@@ -135,7 +135,7 @@ class InviteService:
             key = signedjson.key.decode_signing_key_base64("ed25519", "0", private_key)
         except (ValueError, TypeError) as exc:
             raise InvalidParam("Invalid private_key") from exc
-        with self._db.transaction() as cur:
+        with self._db.read() as cur:
             invite = self._storage.by_token(cur, token)
         if invite is None:
             raise Unrecognized("Unknown invite token")

@@ -40,7 +40,7 @@ class KeyService:
         return public_key == self.public_key
 
     def ephemeral_is_valid(self, public_key: str) -> bool:
-        with self._db.transaction() as cur:
+        with self._db.read() as cur:
             return self._invites.ephemeral_key_exists(cur, public_key)
 
     def key_validity_url(self, ephemeral: bool = False) -> str:

@@ -23,18 +23,18 @@ class LocalBindingProvider:
         self._storage = BindingStorage()
 
     def lookup(self, medium: str, address: str) -> str | None:
-        with self._db.transaction() as cur:
+        with self._db.read() as cur:
             return self._storage.get(cur, medium, address)
 
     def bulk_lookup(
         self, threepids: Sequence[tuple[str, str]]
     ) -> dict[tuple[str, str], str]:
-        with self._db.transaction() as cur:
+        with self._db.read() as cur:
             return self._storage.get_many(cur, threepids)
 
     def hashed_lookup(self, hashes: Sequence[str], pepper: str) -> dict[str, str]:
         # Rows carry their hash under the current pepper (PepperService).
-        with self._db.transaction() as cur:
+        with self._db.read() as cur:
             return self._storage.by_hashes(cur, hashes)
 
 

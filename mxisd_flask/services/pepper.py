@@ -38,7 +38,7 @@ class PepperService:
         ):
             return cached[0]
         with self._lock:
-            with self._db.transaction() as cur:
+            with self._db.read() as cur:
                 state = self._state.get(cur)
             if state is None or self._due(state[1], now):
                 state = self._rotate(now)
@@ -49,7 +49,7 @@ class PepperService:
         return now - created_ts >= self._config.rotation_delay_s * 1000
 
     def _rotate(self, now: int) -> tuple[str, int]:
-        with self._db.transaction(exclusive=True) as cur:
+        with self._db.write() as cur:
             state = self._state.get(cur, lock=self._row_lock("UPDATE"))
             if state is not None and not self._due(state[1], now):
                 return state  # another worker rotated first

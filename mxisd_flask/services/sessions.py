@@ -65,7 +65,7 @@ class SessionService:
         address = normalise_email(email)
         now = self._clock()
 
-        with self._db.transaction() as cur:
+        with self._db.read() as cur:
             existing = self._storage.find(cur, client_secret, "email", address)
         if existing and self._expired(existing, now):
             existing = None
@@ -77,7 +77,7 @@ class SessionService:
         self._notifications.send_validation(
             address, sid, client_secret, token, next_link or ""
         )
-        with self._db.transaction(exclusive=True) as cur:
+        with self._db.write() as cur:
             if existing:
                 self._storage.resend(cur, sid, token, send_attempt, now)
             else:
@@ -104,7 +104,7 @@ class SessionService:
     ) -> ValidationSession:
         """Validate a session; returns it (with its next_link) on success."""
         now = self._clock()
-        with self._db.transaction(exclusive=True) as cur:
+        with self._db.write() as cur:
             session = self._get(cur, sid, client_secret, now)
             if not hmac.compare_digest(session.token.encode(), token.encode()):
                 raise TokenIncorrect("The token is incorrect")
@@ -117,7 +117,7 @@ class SessionService:
 
     def validated_threepid(self, sid: str, client_secret: str) -> ValidatedThreePid:
         now = self._clock()
-        with self._db.transaction() as cur:
+        with self._db.read() as cur:
             session = self._get(cur, sid, client_secret, now)
         if session.validated_ts is None:
             raise SessionNotValidated("This validation session has not been validated")

@@ -43,7 +43,8 @@ MIGRATIONS: list[list[str]] = [
             lookup_hash TEXT NOT NULL,
             created_ts BIGINT NOT NULL,
             PRIMARY KEY (medium, address))""",
-        "CREATE INDEX bindings_hash ON bindings (lookup_hash)",
+        # Covering index: a hashed lookup never touches the table rows.
+        "CREATE INDEX bindings_hash ON bindings (lookup_hash, mxid)",
         """CREATE TABLE hash_state (
             id INTEGER PRIMARY KEY,
             pepper TEXT NOT NULL,
@@ -144,19 +145,36 @@ class Database:
         return conn
 
     @contextmanager
-    def transaction(self, exclusive: bool = False) -> Iterator[Cursor]:
-        """Run a block in one transaction: all of its writes or none."""
-        conn = self._connection()
+    def read(self) -> Iterator[Cursor]:
+        """A cursor for reads. On SQLite (WAL) each statement sees a consistent
+        snapshot, so reads skip BEGIN/COMMIT and their two round trips."""
         if self.backend == "sqlite":
-            cursor = conn.cursor()
-            cursor.execute("BEGIN IMMEDIATE" if exclusive else "BEGIN")
-            try:
-                yield cursor
-            except BaseException:
-                conn.rollback()
-                raise
-            conn.commit()
+            yield self._connection().cursor()
             return
+        with self._pg_transaction() as cur:
+            yield cur
+
+    @contextmanager
+    def write(self) -> Iterator[Cursor]:
+        """One transaction: all of the block's writes or none of them."""
+        if self.backend == "postgresql":
+            with self._pg_transaction() as cur:
+                yield cur
+            return
+        conn = self._connection()
+        cursor = conn.cursor()
+        # IMMEDIATE takes the write lock up front: no deadlock on upgrade.
+        cursor.execute("BEGIN IMMEDIATE")
+        try:
+            yield cursor
+        except BaseException:
+            conn.rollback()
+            raise
+        conn.commit()
+
+    @contextmanager
+    def _pg_transaction(self) -> Iterator[Cursor]:
+        conn = self._connection()
         try:
             with conn:
                 with conn.cursor() as raw:
@@ -181,7 +199,7 @@ class Database:
             raise ConfigError(f"{key}: cannot open the database: {exc}") from exc
 
     def _migrate(self) -> int:
-        with self.transaction(exclusive=True) as cur:
+        with self.write() as cur:
             if self.backend == "postgresql":
                 cur.execute("SELECT pg_advisory_xact_lock(7135)")
             cur.execute(
