@@ -9,6 +9,7 @@ from flask import Flask, Response, jsonify, request
 from mxisd_flask.config.sections import Config
 from mxisd_flask.http.errors import register_error_handlers
 from mxisd_flask.http.identity import make_blueprint
+from mxisd_flask.http.request import reject_nul_in_query
 from mxisd_flask.services import build_services
 from mxisd_flask.services.clock import Clock, now_ms
 from mxisd_flask.services.notifications import MailSender
@@ -48,6 +49,7 @@ def create_app(
         # Browsers preflight any path; answer all of them, known or not.
         if request.method == "OPTIONS":
             return jsonify({})
+        reject_nul_in_query()
         return None
 
     @app.after_request

@@ -12,6 +12,11 @@ from mxisd_flask.errors import InvalidAddress, InvalidEmail, InvalidParam
 
 MXID_RE = re.compile(r"^@[^:\s]+:[A-Za-z0-9.\-\[\]:]+$")
 CLIENT_SECRET_RE = re.compile(r"^[0-9a-zA-Z.=_\-]{1,255}$")
+ROOM_ID_RE = re.compile(r"^![^\s:]+:[A-Za-z0-9.\-\[\]:]+$")
+SERVER_NAME_RE = re.compile(
+    r"^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.\-]+)(?::([0-9]{1,5}))?$"
+)
+URL_CHARS_RE = re.compile(r"^[!-~]+$")  # printable ASCII, no spaces or controls
 
 
 @dataclass(frozen=True)
@@ -58,6 +63,30 @@ def check_mxid(mxid: object, field: str = "mxid") -> str:
     if not isinstance(mxid, str) or not MXID_RE.match(mxid) or len(mxid) > 255:
         raise InvalidParam(f"Invalid {field}")
     return mxid
+
+
+def check_room_id(room_id: str) -> str:
+    if len(room_id) > 255 or not ROOM_ID_RE.match(room_id):
+        raise InvalidParam("Invalid room_id")
+    return room_id
+
+
+def check_server_name(server_name: str) -> str:
+    """A Matrix server name: DNS name, IPv4 or [IPv6], optional port."""
+    match = SERVER_NAME_RE.match(server_name)
+    port = match.group(1) if match else None
+    if not match or len(server_name) > 255 or (port and not 0 < int(port) < 65536):
+        raise InvalidParam("Invalid matrix_server_name")
+    return server_name
+
+
+def check_next_link(next_link: str | None) -> str | None:
+    """A next_link we can store and later put in a Location header."""
+    if next_link is None:
+        return None
+    if len(next_link) > 2048 or not URL_CHARS_RE.match(next_link):
+        raise InvalidParam("Invalid next_link")
+    return next_link
 
 
 def redact(medium: str, address: str) -> str:

@@ -47,11 +47,15 @@ class OutboundClient:
 
     def check_target(self, url: str) -> None:
         """Raise FetcherError unless every address of the URL's host is allowed."""
-        parts = urllib.parse.urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise FetcherError(f"refused URL {url!r}: not http(s)")
         try:
-            infos = socket.getaddrinfo(parts.hostname, parts.port or 443)
+            parts = urllib.parse.urlsplit(url)
+            port = parts.port
+        except ValueError as exc:
+            raise FetcherError("refused URL: malformed") from exc
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise FetcherError("refused URL: not http(s)")
+        try:
+            infos = socket.getaddrinfo(parts.hostname, port or 443)
         except (socket.gaierror, UnicodeError) as exc:
             raise FetcherError(f"cannot resolve {parts.hostname}: {exc}") from exc
         for info in infos:
@@ -65,16 +69,17 @@ class OutboundClient:
 
     @staticmethod
     def _is_internal(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-            address = address.ipv4_mapped
-        return (
-            address.is_private
-            or address.is_loopback
-            or address.is_link_local
-            or address.is_multicast
-            or address.is_reserved
-            or address.is_unspecified
-        )
+        """Anything not globally routable (shared 100.64/10 included), and IPv6
+        forms that embed such an IPv4 address (mapped, 6to4, Teredo)."""
+        embedded: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = [address]
+        if isinstance(address, ipaddress.IPv6Address):
+            if address.ipv4_mapped:
+                embedded.append(address.ipv4_mapped)
+            if address.sixtofour:
+                embedded.append(address.sixtofour)
+            if address.teredo:
+                embedded.extend(address.teredo)
+        return any(not a.is_global or a.is_multicast for a in embedded)
 
     def get_json(self, url: str, **kwargs: Any) -> Any:
         return self.request_json("GET", url, **kwargs)
@@ -97,7 +102,9 @@ class OutboundClient:
             )
             body = response.raw.read(MAX_BODY_BYTES + 1, decode_content=True)
         except requests.RequestException as exc:
-            raise FetcherError(f"{method} {_redact_url(url)}: {exc}") from exc
+            # The exception's text quotes the URL with its query (a token).
+            name = type(exc).__name__
+            raise FetcherError(f"{method} {_redact_url(url)}: {name}") from exc
         if len(body) > MAX_BODY_BYTES:
             raise FetcherError(f"{_redact_url(url)}: answer too large")
         if response.status_code != 200:

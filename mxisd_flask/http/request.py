@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -22,10 +23,18 @@ def _reject_constant(name: str) -> None:
     raise ValueError(f"{name} is not JSON")
 
 
+# JSON escapes that decode to text no field may hold: NUL (PostgreSQL refuses
+# it in strings) and surrogates, which are only valid in pairs.
+_SUSPECT_ESCAPE = re.compile(rb"\\u(?:0000|[dD][89a-fA-F])")
+
+
 def json_body(allow_form: bool = False) -> dict[str, Any]:
     """The request body as a JSON object (or, for legacy v1, a form)."""
     if allow_form and request.mimetype == "application/x-www-form-urlencoded":
-        return request.form.to_dict()
+        form = request.form.to_dict()
+        if any("\x00" in v for v in form.values()):
+            raise InvalidParam("Parameters may not contain NUL characters")
+        return form
     raw = request.get_data(cache=True)
     try:
         body = json.loads(raw, parse_constant=_reject_constant)
@@ -33,7 +42,25 @@ def json_body(allow_form: bool = False) -> dict[str, Any]:
         raise NotJson("Content not JSON") from exc
     if not isinstance(body, dict):
         raise BadJson("The body must be a JSON object")
+    if _SUSPECT_ESCAPE.search(raw):
+        _check_text(body)
     return body
+
+
+def _check_text(body: dict[str, Any]) -> None:
+    text = json.dumps(body, ensure_ascii=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise BadJson("Strings may not hold unpaired surrogates") from exc
+    if "\\u0000" in text:
+        raise BadJson("Strings may not contain NUL characters")
+
+
+def reject_nul_in_query() -> None:
+    """Query parameters holding NUL are refused before any view reads them."""
+    if b"%00" in request.query_string:
+        raise InvalidParam("Parameters may not contain NUL characters")
 
 
 def require_str(body: Mapping[str, Any], *names: str) -> list[str]:
@@ -56,11 +83,14 @@ def optional_str(body: Mapping[str, Any], name: str) -> str | None:
     return value
 
 
+_DIGITS = re.compile(r"[0-9]{1,16}")
+
+
 def require_int(body: Mapping[str, Any], name: str) -> int:
     value = body.get(name)
     if value is None:
         raise MissingParams(f"Missing parameters: {name}")
-    if isinstance(value, str) and value.isdigit():
+    if isinstance(value, str) and _DIGITS.fullmatch(value):
         value = int(value)  # legacy v1 form posts send numbers as text
     if not isinstance(value, int) or isinstance(value, bool):
         raise InvalidParam(f"{name} must be an integer")
@@ -68,9 +98,9 @@ def require_int(body: Mapping[str, Any], name: str) -> int:
 
 
 def access_token() -> str | None:
-    header = request.headers.get("Authorization", "")
-    if header.startswith("Bearer "):
-        return header[len("Bearer ") :].strip() or None
+    scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() == "bearer":  # auth schemes are case-insensitive
+        return credentials.strip() or None
     # Synapse still sends the token as a query parameter on some calls.
     return request.args.get("access_token") or None
 

@@ -48,16 +48,20 @@ class SmtpMailSender:
                     client.ehlo()
                 if smtp.login:
                     client.login(smtp.login, smtp.password)
-                client.sendmail(self._config.from_address, [recipient], data)
+                to, needs_utf8 = envelope_address(recipient)
+                options = ["SMTPUTF8"] if needs_utf8 else []
+                client.sendmail(self._config.from_address, [to], data, options)
         except (OSError, smtplib.SMTPException) as exc:
             raise NotifyError(f"SMTP {smtp.host}:{smtp.port}: {exc}") from exc
 
     def _message_bytes(self, recipient: str, rendered: str) -> bytes:
         if self._config.smtp.verbatim:
             return rendered.replace("\r\n", "\n").replace("\n", "\r\n").encode()
-        message = Parser(_class=EmailMessage, policy=email.policy.SMTP).parsestr(
+        message = Parser(_class=EmailMessage, policy=email.policy.default).parsestr(
             rendered
         )
+        if not message.is_multipart():
+            message = _single_part(message)
         defaults = {
             "From": email.utils.formataddr(
                 (self._config.from_name, self._config.from_address)
@@ -72,7 +76,37 @@ class SmtpMailSender:
         for name, value in defaults.items():
             if name not in message:
                 message[name] = value
-        if "Content-Type" not in message:
-            message["Content-Type"] = 'text/plain; charset="utf-8"'
-            message["Content-Transfer-Encoding"] = "8bit"
-        return message.as_bytes(policy=email.policy.SMTP.clone(utf8=False))
+        return message.as_bytes(policy=email.policy.SMTP)
+
+
+def _single_part(parsed: EmailMessage) -> EmailMessage:
+    """Re-encode a one-part template: any text, any line length, 7-bit safe.
+
+    Headers with non-ASCII text are RFC 2047-encoded on output; the body gets
+    a transfer encoding chosen for its content, and long lines are wrapped.
+    """
+    body = parsed.get_payload()
+    fresh = EmailMessage(policy=email.policy.default)
+    for name, value in parsed.items():
+        if name.lower() not in (
+            "content-type",
+            "content-transfer-encoding",
+            "mime-version",
+        ):
+            fresh[name] = value
+    fresh.set_content(
+        body if isinstance(body, str) else "",
+        subtype=parsed.get_content_subtype() or "plain",
+        charset="utf-8",
+    )
+    return fresh
+
+
+def envelope_address(address: str) -> tuple[str, bool]:
+    """The address for RCPT TO (IDNA domain), and whether it needs SMTPUTF8."""
+    local, _, domain = address.rpartition("@")
+    try:
+        domain = domain.encode("idna").decode("ascii")
+    except UnicodeError:
+        pass  # left as is: the server will refuse it and we report a send error
+    return f"{local}@{domain}", not local.isascii()

@@ -10,11 +10,11 @@ from typing import Any
 from mxisd_flask.config.sections import Policy
 from mxisd_flask.errors import (
     FetcherError,
-    InvalidParam,
     TermsNotSigned,
     Unauthorized,
     UnknownToken,
 )
+from mxisd_flask.model import check_server_name
 from mxisd_flask.outbound import OutboundClient
 from mxisd_flask.services.clock import Clock
 from mxisd_flask.storage.accounts import AccountStorage
@@ -39,8 +39,7 @@ class AccountService:
 
     def register(self, openid_token: str, server_name: str) -> str:
         """Check an OpenID token with its homeserver; returns our access token."""
-        if not server_name or "/" in server_name or "@" in server_name:
-            raise InvalidParam("Invalid matrix_server_name")
+        check_server_name(server_name)
         try:
             base = self._outbound.resolve_homeserver(server_name, self._overrides)
             query = urllib.parse.urlencode({"access_token": openid_token})

@@ -17,7 +17,7 @@ from mxisd_flask.errors import (
     Unrecognized,
     UnsupportedMedium,
 )
-from mxisd_flask.model import check_mxid, normalise_email, redact
+from mxisd_flask.model import check_mxid, check_room_id, normalise_email, redact
 from mxisd_flask.services.clock import Clock
 from mxisd_flask.services.keys import KeyService
 from mxisd_flask.services.lookup import LookupChain
@@ -68,8 +68,7 @@ class InviteService:
             raise UnsupportedMedium("Only email invites are supported")
         address = normalise_email(address)
         check_mxid(sender, "sender")
-        if not room_id.startswith("!"):
-            raise InvalidParam("Invalid room_id")
+        check_room_id(room_id)
         mxid = self._chain.lookup(medium, address)
         if mxid is not None:
             raise ThreePidInUse("This 3PID is already bound to a Matrix ID", mxid=mxid)

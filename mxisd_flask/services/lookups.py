@@ -50,6 +50,8 @@ class LookupService:
 
     def bulk_lookup(self, threepids: Sequence[tuple[str, str]]) -> list[list[str]]:
         """POST bulk_lookup: [[medium, address, mxid], ...] for the known ones."""
+        if len(threepids) > MAX_LOOKUP_ADDRESSES:
+            raise InvalidParam(f"At most {MAX_LOOKUP_ADDRESSES} 3PIDs per lookup")
         wanted: dict[tuple[str, str], tuple[str, str]] = {}
         for medium, address in threepids:
             try:

@@ -15,7 +15,12 @@ from mxisd_flask.errors import (
     SessionNotValidated,
     TokenIncorrect,
 )
-from mxisd_flask.model import check_client_secret, normalise_email, redact
+from mxisd_flask.model import (
+    check_client_secret,
+    check_next_link,
+    normalise_email,
+    redact,
+)
 from mxisd_flask.services.clock import Clock
 from mxisd_flask.services.notifications import NotificationService
 from mxisd_flask.storage.db import Cursor, Database
@@ -63,6 +68,7 @@ class SessionService:
         if not 0 <= send_attempt < MAX_SEND_ATTEMPT:
             raise InvalidParam("send_attempt is out of range")
         address = normalise_email(email)
+        check_next_link(next_link)
         now = self._clock()
 
         with self._db.read() as cur:

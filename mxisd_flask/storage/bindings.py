@@ -7,6 +7,11 @@ from collections.abc import Callable, Sequence
 from mxisd_flask.storage.db import Cursor
 
 
+def _chunks(values: Sequence[str], size: int = 500) -> list[list[str]]:
+    """Bounded IN lists keep each statement small on both backends."""
+    return [list(values[i : i + size]) for i in range(0, len(values), size)]
+
+
 class BindingStorage:
     def get(self, cur: Cursor, medium: str, address: str) -> str | None:
         cur.execute(
@@ -19,18 +24,24 @@ class BindingStorage:
     def get_many(
         self, cur: Cursor, threepids: Sequence[tuple[str, str]]
     ) -> dict[tuple[str, str], str]:
-        found: dict[tuple[str, str], str] = {}
+        by_medium: dict[str, list[str]] = {}
         for medium, address in threepids:
-            mxid = self.get(cur, medium, address)
-            if mxid is not None:
-                found[(medium, address)] = mxid
+            by_medium.setdefault(medium, []).append(address)
+        found: dict[tuple[str, str], str] = {}
+        for medium, addresses in by_medium.items():
+            for chunk in _chunks(addresses):
+                marks = ", ".join("?" * len(chunk))
+                cur.execute(
+                    "SELECT address, mxid FROM bindings "
+                    f"WHERE medium = ? AND address IN ({marks})",
+                    [medium, *chunk],
+                )
+                found.update({(medium, str(a)): str(m) for a, m in cur.fetchall()})
         return found
 
     def by_hashes(self, cur: Cursor, hashes: Sequence[str]) -> dict[str, str]:
         found: dict[str, str] = {}
-        # Bounded IN lists keep each statement small on both backends.
-        for start in range(0, len(hashes), 500):
-            chunk = list(hashes[start : start + 500])
+        for chunk in _chunks(hashes):
             marks = ", ".join("?" * len(chunk))
             cur.execute(
                 "SELECT lookup_hash, mxid FROM bindings "
