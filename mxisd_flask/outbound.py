@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+import os
 import socket
 import urllib.parse
 from typing import Any
@@ -37,7 +38,10 @@ class OutboundClient:
     ) -> None:
         self._allowed = allowed
         self._timeout_s = timeout_s
-        self._verify = verify_certs
+        # requests reads REQUESTS_CA_BUNDLE itself; SSL_CERT_FILE is OpenSSL's
+        # name for the same thing, which admins and test harnesses set.
+        bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("SSL_CERT_FILE")
+        self._verify: bool | str = (bundle or True) if verify_certs else False
         self._session = requests.Session()
         if not verify_certs:
             logger.warning(

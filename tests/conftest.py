@@ -4,6 +4,7 @@ a homeserver's OpenID endpoint on loopback, and the app built from YAML."""
 from __future__ import annotations
 
 import email
+import logging
 import email.policy
 import os
 import re
@@ -111,6 +112,20 @@ def reset_pg(name: str) -> None:
     with conn.cursor() as cur:
         cur.execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public")
     conn.close()
+
+
+EMAIL_RE = re.compile(r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9.\-]+\.[A-Za-z]{2,}")
+
+
+@pytest.fixture(autouse=True)
+def no_full_address_above_debug(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    """Fail any test whose run logged a whole email address at INFO or above."""
+    caplog.set_level(logging.INFO, logger="mxisd_flask")
+    yield
+    for record in caplog.records:
+        if record.name.startswith("mxisd_flask") and record.levelno >= logging.INFO:
+            leaked = EMAIL_RE.findall(record.getMessage())
+            assert not leaked, f"full address logged: {record.getMessage()!r}"
 
 
 class FakeClock:
