@@ -6,6 +6,7 @@ import ipaddress
 import logging
 import os
 import re
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -117,12 +118,21 @@ class Config:
     base_dir: str = field(default=".")
 
 
-# The built-in templates: templates/ beside the package in a checkout, or
-# where a package installed them (MXISD_TEMPLATE_DIR).
-TEMPLATE_DIR = os.environ.get("MXISD_TEMPLATE_DIR") or os.path.join(
-    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-    "templates",
-)
+def _template_dir() -> str:
+    """The built-in templates: $MXISD_TEMPLATE_DIR, templates/ of a checkout,
+    or <prefix>/share/mxisd/templates where ``pip install`` put them."""
+    if os.environ.get("MXISD_TEMPLATE_DIR"):
+        return os.environ["MXISD_TEMPLATE_DIR"]
+    package_parent = os.path.dirname(
+        os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    )
+    checkout = os.path.join(package_parent, "templates")
+    if os.path.isdir(checkout):
+        return checkout
+    return os.path.join(sys.prefix, "share", "mxisd", "templates")
+
+
+TEMPLATE_DIR = _template_dir()
 
 
 def build_config(v: dict[str, Any], base_dir: str) -> Config:
