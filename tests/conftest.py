@@ -4,8 +4,8 @@ a homeserver's OpenID endpoint on loopback, and the app built from YAML."""
 from __future__ import annotations
 
 import email
-import logging
 import email.policy
+import logging
 import os
 import re
 import socket
