@@ -26,11 +26,6 @@ def render(text: str, values: Mapping[str, str]) -> str:
     return PLACEHOLDER_RE.sub(substitute, text)
 
 
-def render_file(path: str, values: Mapping[str, str]) -> str:
-    with open(path, encoding="utf-8") as handle:
-        return render(handle.read(), values)
-
-
 def render_message(text: str, values: Mapping[str, str]) -> str:
     """Render an .eml template; header values lose line breaks.
 

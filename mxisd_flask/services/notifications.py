@@ -10,7 +10,7 @@ from typing import Protocol
 from mxisd_flask.config.sections import EmailConfig
 from mxisd_flask.errors import EmailSendError, NotifyError
 from mxisd_flask.model import redact
-from mxisd_flask.notify.templates import render_file, render_message, with_url_encoded
+from mxisd_flask.notify.templates import render_message, with_url_encoded
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +80,3 @@ class NotificationService:
 def _read(path: str) -> str:
     with open(path, encoding="utf-8") as handle:
         return handle.read()
-
-
-__all__ = ["NotificationService", "render_file"]

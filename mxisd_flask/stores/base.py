@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Protocol
 
 
@@ -23,10 +23,4 @@ class IdentityStore(Protocol):
 
     def hashed_lookup(self, hashes: Sequence[str], pepper: str) -> dict[str, str]:
         """mxids for those of the lookup hashes (under ``pepper``) it knows."""
-        ...
-
-
-class ListableStore(Protocol):
-    def threepids(self) -> Iterable[tuple[str, str, str]]:
-        """Every (medium, address, mxid) the store holds."""
         ...
