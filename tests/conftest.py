@@ -122,7 +122,9 @@ def no_full_address_above_debug(caplog: pytest.LogCaptureFixture) -> Iterator[No
     """Fail any test whose run logged a whole email address at INFO or above."""
     caplog.set_level(logging.INFO, logger="mxisd_flask")
     yield
-    for record in caplog.records:
+    # caplog.records would hold only the teardown phase's records here.
+    records = caplog.get_records("setup") + caplog.get_records("call")
+    for record in records:
         if record.name.startswith("mxisd_flask") and record.levelno >= logging.INFO:
             leaked = EMAIL_RE.findall(record.getMessage())
             assert not leaked, f"full address logged: {record.getMessage()!r}"
