@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 
-.PHONY: run test lint bench clean
+.PHONY: run test lint bench clean sysdeps
 
 $(BIN)/mxisd: setup.py setup.cfg
 	$(PYTHON) -m venv $(VENV)
@@ -16,7 +16,10 @@ $(BIN)/mxisd: setup.py setup.cfg
 run: $(BIN)/mxisd
 	$(BIN)/mxisd run --config etc/mxisd.dev.yaml
 
-test: $(BIN)/mxisd
+sysdeps:
+	bash .ci/sysdeps
+
+test: sysdeps $(BIN)/mxisd
 	$(BIN)/python -m pytest -q
 
 lint: $(BIN)/mxisd

@@ -27,6 +27,17 @@ from flask.testing import FlaskClient
 from mxisd_flask.app import create_app
 from mxisd_flask.config import Config, load_config
 
+# Fixtures of each feature live in their own module, one per real part.
+pytest_plugins = [
+    "fixtures_ldap",
+    "fixtures_sql",
+    "fixtures_rest_exec",
+    "fixtures_dns",
+    "fixtures_twilio",
+    "fixtures_synapse",
+    "fixtures_apache",
+]
+
 PG_DSN = os.environ.get("MXISD_TEST_PG", "host=127.0.0.1 port=5432 user=postgres")
 BACKENDS = ["sqlite", "postgresql"]
 

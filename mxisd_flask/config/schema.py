@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from mxisd_flask.config.keys import FEATURE_KEYS
+
 REQUIRED = object()
 
 # dotted key -> (accepted types, default)
@@ -63,6 +65,8 @@ SCHEMA: dict[str, tuple[tuple[type, ...], Any]] = {
     "outbound.timeout": ((int, float), 5),
     "logging.level": ((str,), "INFO"),
 }
+
+SCHEMA.update(FEATURE_KEYS)
 
 # Free-form subtrees: everything below these is read by the section itself.
 FREE_FORM = {

@@ -7,7 +7,9 @@ import logging
 import os
 import re
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 from mxisd_flask.errors import ConfigError
@@ -116,6 +118,9 @@ class Config:
     outbound_timeout_s: float
     log_level: str
     base_dir: str = field(default=".")
+    # Every checked value by dotted key, for the feature sections that parse
+    # their own keys (stores, recursion, ...; see mxisd_flask.config.keys).
+    values: Mapping[str, Any] = field(default_factory=dict, repr=False)
 
 
 def _template_dir() -> str:
@@ -165,6 +170,7 @@ def build_config(v: dict[str, Any], base_dir: str) -> Config:
         outbound_timeout_s=float(v["outbound.timeout"]),
         log_level=v["logging.level"].upper(),
         base_dir=base_dir,
+        values=MappingProxyType(dict(v)),
     )
 
 

@@ -11,6 +11,7 @@ from mxisd_flask.outbound import OutboundClient
 from mxisd_flask.services.accounts import AccountService, TermsService
 from mxisd_flask.services.bind import BindService
 from mxisd_flask.services.clock import Clock, now_ms
+from mxisd_flask.services.hash_index import HashIndex
 from mxisd_flask.services.invite import InviteService
 from mxisd_flask.services.keys import KeyService
 from mxisd_flask.services.lookup import LocalBindingProvider, LookupChain
@@ -19,13 +20,16 @@ from mxisd_flask.services.notifications import MailSender, NotificationService
 from mxisd_flask.services.pepper import PepperService
 from mxisd_flask.services.sessions import SessionService
 from mxisd_flask.storage.db import Database
-from mxisd_flask.stores.memory import MemoryIdentityStore
+from mxisd_flask.stores import build_stores
+from mxisd_flask.stores.base import IdentityStore
 
 
 @dataclass
 class Services:
     config: Config
     db: Database
+    stores: list[IdentityStore]
+    chain: LookupChain
     keys: KeyService
     pepper: PepperService
     lookups: LookupService
@@ -48,9 +52,13 @@ def build_services(
     )
     pepper = PepperService(db, config.hashing, clock)
     pepper.current()
-    chain = LookupChain(
-        [LocalBindingProvider(db), MemoryIdentityStore(config.memory_identities)]
+    stores = build_stores(config)
+    index = HashIndex(
+        stores,
+        refresh_s=config.values["hashing.index.refresh"],
+        build_timeout_s=config.values["hashing.index.buildTimeout"],
     )
+    chain = LookupChain(LocalBindingProvider(db), stores, index)
     notifications = NotificationService(
         config.email,
         mail_sender or SmtpMailSender(config.email),
@@ -67,6 +75,8 @@ def build_services(
     return Services(
         config=config,
         db=db,
+        stores=stores,
+        chain=chain,
         keys=keys,
         pepper=pepper,
         lookups=LookupService(chain, keys, pepper, config.hashing),

@@ -1,4 +1,4 @@
-"""The lookup chain: identity providers asked in order until one answers."""
+"""The lookup chain: identity stores asked in order until one answers."""
 
 from __future__ import annotations
 
@@ -6,17 +6,19 @@ import logging
 from collections.abc import Sequence
 
 from mxisd_flask.errors import StoreError
+from mxisd_flask.services.hash_index import HashIndex
 from mxisd_flask.storage.bindings import BindingStorage
 from mxisd_flask.storage.db import Database
-from mxisd_flask.stores.base import IdentityStore
+from mxisd_flask.stores.base import Capability, IdentityStore, ThreePid
 
 logger = logging.getLogger(__name__)
 
 
-class LocalBindingProvider:
+class LocalBindingProvider(IdentityStore):
     """Bindings made on this server (3pid/bind)."""
 
     name = "bindings"
+    capabilities = frozenset({Capability.LOOKUP})
 
     def __init__(self, db: Database) -> None:
         self._db = db
@@ -26,64 +28,65 @@ class LocalBindingProvider:
         with self._db.read() as cur:
             return self._storage.get(cur, medium, address)
 
-    def bulk_lookup(
-        self, threepids: Sequence[tuple[str, str]]
-    ) -> dict[tuple[str, str], str]:
+    def bulk_lookup(self, threepids: Sequence[ThreePid]) -> dict[ThreePid, str]:
         with self._db.read() as cur:
             return self._storage.get_many(cur, threepids)
 
-    def hashed_lookup(self, hashes: Sequence[str], pepper: str) -> dict[str, str]:
+    def hashed_lookup(self, hashes: Sequence[str]) -> dict[str, str]:
         # Rows carry their hash under the current pepper (PepperService).
         with self._db.read() as cur:
             return self._storage.by_hashes(cur, hashes)
 
 
 class LookupChain:
-    """Chain of responsibility over identity providers, first answer wins."""
+    """Chain of responsibility: local bindings, then the stores in order.
 
-    def __init__(self, providers: Sequence[IdentityStore]) -> None:
-        self._providers = list(providers)
+    A store that fails is logged and skipped; the chain answers with what
+    the others know.
+    """
+
+    def __init__(
+        self,
+        bindings: LocalBindingProvider,
+        stores: Sequence[IdentityStore],
+        index: HashIndex,
+    ) -> None:
+        self._bindings = bindings
+        self._stores = [bindings] + [s for s in stores if s.supports(Capability.LOOKUP)]
+        self._index = index
 
     def lookup(self, medium: str, address: str) -> str | None:
-        for provider in self._providers:
+        for store in self._stores:
             try:
-                mxid = provider.lookup(medium, address)
+                mxid = store.lookup(medium, address)
             except StoreError as exc:
-                logger.warning("lookup link failed store=%s: %s", provider.name, exc)
+                logger.warning("lookup link failed store=%s: %s", store.name, exc)
                 continue
             if mxid is not None:
-                logger.debug("lookup answered store=%s", provider.name)
+                logger.debug("lookup answered store=%s", store.name)
                 return mxid
         return None
 
-    def bulk_lookup(
-        self, threepids: Sequence[tuple[str, str]]
-    ) -> dict[tuple[str, str], str]:
-        found: dict[tuple[str, str], str] = {}
+    def bulk_lookup(self, threepids: Sequence[ThreePid]) -> dict[ThreePid, str]:
+        found: dict[ThreePid, str] = {}
         remaining = list(dict.fromkeys(threepids))
-        for provider in self._providers:
+        for store in self._stores:
             if not remaining:
                 break
             try:
-                answers = provider.bulk_lookup(remaining)
+                answers = store.bulk_lookup(remaining)
             except StoreError as exc:
-                logger.warning("lookup link failed store=%s: %s", provider.name, exc)
+                logger.warning("lookup link failed store=%s: %s", store.name, exc)
                 continue
             found.update(answers)
             remaining = [tp for tp in remaining if tp not in found]
         return found
 
     def hashed_lookup(self, hashes: Sequence[str], pepper: str) -> dict[str, str]:
-        found: dict[str, str] = {}
+        """Bindings answer from storage, the stores from the hash index."""
         remaining = list(dict.fromkeys(hashes))
-        for provider in self._providers:
-            if not remaining:
-                break
-            try:
-                answers = provider.hashed_lookup(remaining, pepper)
-            except StoreError as exc:
-                logger.warning("lookup link failed store=%s: %s", provider.name, exc)
-                continue
-            found.update(answers)
-            remaining = [h for h in remaining if h not in found]
+        found = self._bindings.hashed_lookup(remaining)
+        remaining = [h for h in remaining if h not in found]
+        if remaining:
+            found.update(self._index.lookup(remaining, pepper))
         return found

@@ -1,0 +1,3 @@
+"""Fixtures: a real Apache reverse proxy with TLS."""
+
+from __future__ import annotations

@@ -1,0 +1,3 @@
+"""Fixtures: a real DNS server (SRV records) and a second identity server."""
+
+from __future__ import annotations

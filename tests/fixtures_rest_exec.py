@@ -1,0 +1,3 @@
+"""Fixtures: a local REST identity backend and exec scripts."""
+
+from __future__ import annotations

@@ -1,0 +1,3 @@
+"""Fixtures: SQL and synapseSql store databases."""
+
+from __future__ import annotations

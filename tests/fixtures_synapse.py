@@ -1,0 +1,3 @@
+"""Fixtures: a real Synapse homeserver."""
+
+from __future__ import annotations
