@@ -18,15 +18,18 @@ import urllib.parse
 from typing import Any
 
 import dns.exception
+import dns.nameserver
 import dns.resolver
 import requests
 
+from mxisd_flask.config.recursion import Nameserver
 from mxisd_flask.config.sections import Network
 from mxisd_flask.errors import FetcherError
 
 logger = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 1 << 20
+DNS_LIFETIME_S = 3.0
 
 
 class OutboundClient:
@@ -35,9 +38,11 @@ class OutboundClient:
         allowed: tuple[Network, ...],
         timeout_s: float,
         verify_certs: bool = True,
+        nameservers: tuple[Nameserver, ...] = (),
     ) -> None:
         self._allowed = allowed
         self._timeout_s = timeout_s
+        self._resolver = _resolver(nameservers)
         # requests reads REQUESTS_CA_BUNDLE itself; SSL_CERT_FILE is OpenSSL's
         # name for the same thing, which admins and test harnesses set.
         bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("SSL_CERT_FILE")
@@ -137,15 +142,43 @@ class OutboundClient:
         except FetcherError as exc:
             logger.debug("no .well-known for server_name=%s: %s", server_name, exc)
         for service in ("_matrix-fed._tcp", "_matrix._tcp"):
-            try:
-                answer = dns.resolver.resolve(
-                    f"{service}.{server_name}", "SRV", lifetime=3
-                )
-            except dns.exception.DNSException:
-                continue
-            record = sorted(answer, key=lambda r: (r.priority, -r.weight))[0]
-            return f"https://{str(record.target).rstrip('.')}:{record.port}"
+            targets = self.resolve_srv(f"{service}.{server_name}")
+            if targets:
+                return f"https://{targets[0][0]}:{targets[0][1]}"
         return f"https://{server_name}:8448"
+
+    def resolve_srv(self, name: str) -> list[tuple[str, int]]:
+        """(host, port) targets of an SRV name, best first; empty when none.
+
+        Asks ``dns.resolver.nameservers`` when configured, else the system's
+        resolver. Weights only order targets of one priority (no random pick:
+        a lookup tries the best one and stops).
+        """
+        try:
+            answer = self._resolver.resolve(name, "SRV", lifetime=DNS_LIFETIME_S)
+        except dns.exception.DNSException as exc:
+            logger.debug("no SRV record name=%s: %s", name, type(exc).__name__)
+            return []
+        records = sorted(answer, key=lambda r: (r.priority, -r.weight))
+        targets = [(str(r.target).rstrip("."), int(r.port)) for r in records]
+        # RFC 2782: a lone "." target says the service is not offered there.
+        return [(host, port) for host, port in targets if host]
+
+
+def _resolver(nameservers: tuple[Nameserver, ...]) -> dns.resolver.Resolver:
+    if not nameservers:
+        try:
+            return dns.resolver.Resolver()
+        except dns.resolver.NoResolverConfiguration:
+            # No /etc/resolv.conf: every query fails (as "not found") rather
+            # than the server refusing to start.
+            logger.warning("no system DNS resolver configured")
+            return dns.resolver.Resolver(configure=False)
+    resolver = dns.resolver.Resolver(configure=False)
+    resolver.nameservers = [
+        dns.nameserver.Do53Nameserver(ns.address, ns.port) for ns in nameservers
+    ]
+    return resolver
 
 
 def _redact_url(url: str) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from mxisd_flask.config.recursion import recursion_config
 from mxisd_flask.config.sections import Config
 from mxisd_flask.crypto.keys import load_or_create_signing_key
 from mxisd_flask.notify.smtp import SmtpMailSender
@@ -68,8 +69,12 @@ def build_services(
     sessions = SessionService(
         db, notifications, clock, config.session_ttl_s, config.validation_enabled
     )
+    recursion = recursion_config(config)
     outbound = OutboundClient(
-        config.outbound_allowed, config.outbound_timeout_s, config.verify_certs
+        config.outbound_allowed,
+        config.outbound_timeout_s,
+        config.verify_certs,
+        nameservers=recursion.nameservers,
     )
     db.close()  # connections are per thread; serving threads open their own
     return Services(
