@@ -7,6 +7,7 @@ import logging
 from flask import Flask, Response, jsonify, request
 
 from mxisd_flask.config.sections import Config
+from mxisd_flask.http import auth as internal_auth
 from mxisd_flask.http.errors import register_error_handlers
 from mxisd_flask.http.identity import make_blueprint
 from mxisd_flask.http.request import reject_nul_in_query
@@ -34,6 +35,7 @@ def create_app(
     app.extensions["mxisd"] = build_services(config, clock, mail_sender)
 
     register_error_handlers(app)
+    app.register_blueprint(internal_auth.bp)
     if config.serve_v2:
         app.register_blueprint(make_blueprint("v2"))
     if config.serve_v1:

@@ -10,6 +10,7 @@ from mxisd_flask.crypto.keys import load_or_create_signing_key
 from mxisd_flask.notify.smtp import SmtpMailSender
 from mxisd_flask.outbound import OutboundClient
 from mxisd_flask.services.accounts import AccountService, TermsService
+from mxisd_flask.services.auth import AuthService, auth_config
 from mxisd_flask.services.bind import BindService
 from mxisd_flask.services.clock import Clock, now_ms
 from mxisd_flask.services.hash_index import HashIndex
@@ -39,6 +40,7 @@ class Services:
     invites: InviteService
     accounts: AccountService
     terms: TermsService
+    auth: AuthService
 
 
 def build_services(
@@ -90,4 +92,5 @@ def build_services(
         invites=InviteService(db, chain, keys, notifications, clock),
         accounts=AccountService(db, outbound, config.federation_overrides, clock),
         terms=TermsService(db, config.policies),
+        auth=AuthService(stores, auth_config(config.values, config.domain)),
     )
