@@ -10,13 +10,14 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from mxisd_flask.config.sections import Config
-from mxisd_flask.stores import memory
+from mxisd_flask.stores import memory, rest
 from mxisd_flask.stores.base import IdentityStore
 
 Factory = Callable[[Config], IdentityStore | None]
 
 FACTORIES: list[Factory] = [
     memory.from_config,
+    rest.from_config,
 ]
 
 

@@ -1,0 +1,196 @@
+"""mxisd's JSON shapes for identity backends, shared by the REST and exec stores.
+
+mxisd defined one set of request and answer bodies for the backends an admin
+writes (a web service for the REST store, a script for the exec store), so
+existing backends keep working here. Answers come from code we do not
+control: every shape is checked, and a wrong one raises StoreError (the chain
+then asks the next store) rather than a TypeError deep in a view.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from mxisd_flask.errors import MatrixError, StoreError
+from mxisd_flask.model import MXID_RE, normalise_address
+from mxisd_flask.stores.base import AuthResult, DirectoryEntry, Profile, ThreePid
+
+logger = logging.getLogger(__name__)
+
+# mxisd's user id types; "uid" is the name its first exec store used.
+LOCALPART_TYPES = ("localpart", "uid")
+MXID_TYPES = ("mxid",)
+
+
+def user_parts(mxid: str) -> dict[str, str]:
+    """The mxid, localpart and domain fields every user request carries."""
+    localpart, _, domain = mxid[1:].partition(":")
+    return {"mxid": mxid, "localpart": localpart, "domain": domain}
+
+
+def canonical_mxid(value: object, domain: str, id_type: str = "") -> str:
+    """A backend's user id as a lower-case mxid; StoreError when it is not one.
+
+    A localpart gets our ``domain``; with no ``id_type`` a value starting
+    with ``@`` is taken as a whole mxid (mxisd's directory answers do this).
+    """
+    if not isinstance(value, str) or not value:
+        raise StoreError("backend answer: user id is not a string")
+    if id_type in MXID_TYPES or (not id_type and value.startswith("@")):
+        mxid = value
+    elif id_type in LOCALPART_TYPES or not id_type:
+        mxid = f"@{value}:{domain}"
+    else:
+        raise StoreError(f"backend answer: unknown user id type {id_type[:20]!r}")
+    mxid = mxid.lower()
+    if len(mxid) > 255 or not MXID_RE.match(mxid):
+        raise StoreError("backend answer: user id is not a valid Matrix ID")
+    return mxid
+
+
+def _object(value: object, what: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise StoreError(f"backend answer: {what} is not a JSON object")
+    return value
+
+
+def _list(value: object, what: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise StoreError(f"backend answer: {what} is not a JSON list")
+    return value
+
+
+def _id_of(item: dict[str, Any], domain: str) -> str:
+    ident = _object(item.get("id"), "lookup id")
+    id_type = ident.get("type")
+    if not isinstance(id_type, str) or not id_type:
+        raise StoreError("backend answer: lookup id has no type")
+    return canonical_mxid(ident.get("value"), domain, id_type)
+
+
+def single_request(medium: str, address: str) -> dict[str, Any]:
+    return {"medium": medium, "address": address}
+
+
+def bulk_request(threepids: Sequence[ThreePid]) -> dict[str, Any]:
+    return {"lookup": [single_request(m, a) for m, a in threepids]}
+
+
+def parse_single(body: object, domain: str) -> str | None:
+    """``{"lookup": {"id": {"type", "value"}, ...}}``, or ``{}`` when unknown."""
+    lookup = _object(body, "answer").get("lookup")
+    if not lookup:
+        return None
+    return _id_of(_object(lookup, "lookup"), domain)
+
+
+def parse_bulk(
+    body: object, domain: str, wanted: Sequence[ThreePid]
+) -> dict[ThreePid, str]:
+    """``{"lookup": [{"medium", "address", "id"}, ...]}`` for those asked.
+
+    The backend may spell an address its own way (upper case, a '+'), so
+    answers are normalised before they are matched to the question; entries
+    for 3PIDs nobody asked about are dropped.
+    """
+    asked = set(wanted)
+    found: dict[ThreePid, str] = {}
+    for item in _list(_object(body, "answer").get("lookup", []), "lookup"):
+        entry = _object(item, "lookup entry")
+        threepid = threepid_of(entry)
+        if threepid is not None and threepid in asked:
+            found[threepid] = _id_of(entry, domain)
+    return found
+
+
+def threepid_of(entry: dict[str, Any]) -> ThreePid | None:
+    """A normalised (medium, address), or None for an address we cannot use."""
+    medium, address = entry.get("medium"), entry.get("address")
+    if not isinstance(medium, str) or not isinstance(address, str):
+        raise StoreError("backend answer: a 3PID needs medium and address strings")
+    try:
+        return medium, normalise_address(medium, address)
+    except MatrixError:
+        logger.debug("backend answer: unusable address skipped medium=%s", medium)
+        return None
+
+
+def threepids_of(value: object) -> tuple[ThreePid, ...]:
+    found = []
+    for item in _list(value, "threepids"):
+        threepid = threepid_of(_object(item, "3PID"))
+        if threepid is not None and threepid not in found:
+            found.append(threepid)
+    return tuple(found)
+
+
+def _profile_fields(data: dict[str, Any], threepid_keys: Sequence[str]) -> Profile:
+    name = data.get("display_name")
+    if name is not None and not isinstance(name, str):
+        raise StoreError("backend answer: display_name is not a string")
+    threepids: tuple[ThreePid, ...] = ()
+    for key in threepid_keys:
+        if data.get(key) is not None:
+            threepids = threepids_of(data[key])
+            break
+    roles = data.get("roles") or []
+    if not all(isinstance(r, str) for r in _list(roles, "roles")):
+        raise StoreError("backend answer: roles are not strings")
+    return Profile(name or None, threepids, tuple(roles))
+
+
+def parse_auth(body: object, mxid: str, domain: str) -> AuthResult | None:
+    """``{"auth": {"success", "id"?, "profile"?}}``; None when refused.
+
+    ``success`` must be true: an answer that does not say so is a refusal.
+    """
+    auth = _object(_object(body, "answer").get("auth"), "auth")
+    if auth.get("success") is not True:
+        return None
+    if auth.get("id") is not None:
+        mxid = _id_of(auth, domain)
+    # mxisd's auth answers spell it three_pids, its profile answers threepids.
+    profile = _profile_fields(
+        _object(auth.get("profile") or {}, "profile"), ("three_pids", "threepids")
+    )
+    return AuthResult(mxid=mxid.lower(), profile=profile)
+
+
+def directory_request(term: str, by_threepid: bool) -> dict[str, Any]:
+    return {"by": "threepid" if by_threepid else "name", "search_term": term}
+
+
+def parse_directory(body: object, domain: str) -> list[DirectoryEntry]:
+    """``{"limited": bool, "results": [{"user_id", "display_name", ...}]}``."""
+    results = _object(body, "answer").get("results", [])
+    entries = []
+    for item in _list(results, "results"):
+        result = _object(item, "result")
+        name, avatar = result.get("display_name"), result.get("avatar_url")
+        if not all(v is None or isinstance(v, str) for v in (name, avatar)):
+            raise StoreError("backend answer: display_name/avatar_url not strings")
+        entries.append(
+            DirectoryEntry(canonical_mxid(result.get("user_id"), domain), name, avatar)
+        )
+    return entries
+
+
+def parse_profile(body: object) -> Profile | None:
+    """``{"profile": {...}}``; None for ``{"profile": {}}`` (no such user)."""
+    data = _object(_object(body, "answer").get("profile"), "profile")
+    if not data:
+        return None
+    return _profile_fields(data, ("threepids", "three_pids"))
+
+
+def merge_profiles(parts: Sequence[Profile | None]) -> Profile | None:
+    """One Profile from the answers of the name, 3PID and role questions."""
+    known = [p for p in parts if p is not None]
+    if not known:
+        return None
+    name = next((p.display_name for p in known if p.display_name), None)
+    threepids = tuple(dict.fromkeys(tp for p in known for tp in p.threepids))
+    roles = tuple(dict.fromkeys(r for p in known for r in p.roles))
+    return Profile(name, threepids, roles)
