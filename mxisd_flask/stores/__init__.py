@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from mxisd_flask.config.sections import Config
-from mxisd_flask.stores import memory, rest
+from mxisd_flask.stores import ldap, memory, rest
 from mxisd_flask.stores.base import IdentityStore
 
 Factory = Callable[[Config], IdentityStore | None]
@@ -18,6 +18,7 @@ Factory = Callable[[Config], IdentityStore | None]
 FACTORIES: list[Factory] = [
     memory.from_config,
     rest.from_config,
+    ldap.from_config,
 ]
 
 

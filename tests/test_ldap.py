@@ -1,0 +1,570 @@
+"""The LDAP store against a real slapd (tests/fixtures_ldap.py) seeded from
+tests/ldap/seed.ldif: an OpenLDAP-style tree and an Active Directory-style one."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from fixtures_ldap import Slapd
+from flask import Flask
+from flask.testing import FlaskClient
+
+from conftest import V1, V2, ConfigFactory, Homeserver, bearer, register
+from mxisd_flask.app import create_app
+from mxisd_flask.config import parse_config
+from mxisd_flask.crypto.hashing import lookup_hash
+from mxisd_flask.errors import ConfigError, StoreError
+from mxisd_flask.services.hash_index import HashIndex
+from mxisd_flask.stores.base import Capability
+from mxisd_flask.stores.ldap import LdapIdentityStore, from_config
+
+ALICE = "@ldapalice:example.org"
+BOB = "@ldapbob:example.org"
+CAROL = "@ldapcarol:example.org"
+DAVE = "@ldapdave:example.org"
+ERIN = "@ewindows:example.org"
+FRANK = "@fgates:example.org"
+AD_SECTION: dict[str, Any] = {
+    "filter": "(objectClass=testADUser)",
+    "attribute": {
+        "uid": {"type": "uid", "value": "sAMAccountName"},
+        "name": "displayName",
+        "threepid": {"email": ["mail", "proxyAddresses"], "msisdn": ["mobile"]},
+    },
+}
+
+
+@pytest.fixture
+def backend() -> str:
+    return "sqlite"  # storage is not what these tests are about
+
+
+def with_ldap(section: dict[str, Any]) -> dict[str, Any]:
+    """A whole configuration around an ``ldap`` section."""
+    return {
+        "matrix": {"domain": "example.org"},
+        "key": {"path": "/tmp/unused.key"},
+        "storage": {"provider": {"sqlite": {"database": "/tmp/unused.db"}}},
+        "ldap": section,
+    }
+
+
+def make_store(slapd: Slapd, **section: Any) -> LdapIdentityStore:
+    store = from_config(parse_config(with_ldap(slapd.config(**section))))
+    assert store is not None
+    return store
+
+
+@pytest.fixture
+def store(slapd: Slapd) -> Iterator[LdapIdentityStore]:
+    ldap_store = make_store(slapd)
+    yield ldap_store
+    ldap_store.close()
+
+
+@pytest.fixture
+def ad_store(slapd: Slapd) -> Iterator[LdapIdentityStore]:
+    ldap_store = make_store(slapd, **AD_SECTION)
+    yield ldap_store
+    ldap_store.close()
+
+
+# Lookups
+
+
+@pytest.mark.parametrize(
+    "medium, address, mxid",
+    [
+        ("email", "ldapalice@example.org", ALICE),
+        ("email", "alice.liddell@example.org", ALICE),  # second mail, mixed case
+        ("email", "dave.upper@example.org", DAVE),  # stored in upper case
+        ("msisdn", "442079460000", ALICE),  # stored as "+44 20 7946 0000"
+        ("msisdn", "447700900123", DAVE),
+        ("employee", "E-1001", ALICE),  # a custom medium
+        ("employee", "e-1002", BOB),
+    ],
+)
+def test_lookup_finds_users_by_their_attributes(
+    store: LdapIdentityStore, medium: str, address: str, mxid: str
+) -> None:
+    assert store.lookup(medium, address) == mxid
+
+
+def test_lookup_of_unknown_address_or_medium_is_none(store: LdapIdentityStore) -> None:
+    assert store.lookup("email", "nobody@example.org") is None
+    assert store.lookup("fax", "ldapalice@example.org") is None
+
+
+def test_user_outside_the_filter_is_not_found(store: LdapIdentityStore) -> None:
+    assert store.lookup("email", "mallory@example.org") is None
+    assert store.lookup("employee", "E-6666") is None
+    assert "mallory@example.org" not in {a for _, a, _ in store.iter_threepids()}
+    assert (
+        store.authenticate("@ldapmallory:example.org", "ldapmallory", "ldapmallory-pw")
+        is None
+    )
+
+
+def test_user_outside_the_filter_is_found_without_it(slapd: Slapd) -> None:
+    # The same entry is there: it is the filter that keeps it out above.
+    store = make_store(slapd, filter="")
+
+    assert store.lookup("email", "mallory@example.org") == "@ldapmallory:example.org"
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "*",
+        "*@example.org",
+        "ldap*",
+        "ldapalice@example.org)(mail=*",
+        "*)(|(mail=*",
+        "\\2a",
+        "\\",
+        "\x00",
+        "ldapalice@example.org\x00",
+        "b\\2ab@example.org",
+    ],
+)
+def test_filter_metacharacters_never_widen_a_search(
+    store: LdapIdentityStore, address: str
+) -> None:
+    assert store.lookup("email", address) is None
+    assert store.bulk_lookup([("email", address)]) == {}
+
+
+@pytest.mark.parametrize(
+    "address, mxid",
+    [
+        ("b*b@example.org", BOB),
+        ("carol(admin)@example.org", CAROL),
+        ("back\\slash@example.org", CAROL),
+    ],
+)
+def test_addresses_holding_metacharacters_match_exactly(
+    store: LdapIdentityStore, address: str, mxid: str
+) -> None:
+    assert store.lookup("email", address) == mxid
+    assert store.lookup("email", address.replace("@", "x@")) is None
+
+
+def test_custom_medium_query_is_escaped_too(slapd: Slapd) -> None:
+    store = make_store(
+        slapd, identity={"medium": {"email": "(|(mail=%3pid)(cn=%3pid))"}}
+    )
+
+    assert store.lookup("email", "Carol (Admin)") == CAROL  # cn, by the override
+    assert store.lookup("email", "ldapalice@example.org") == ALICE
+    assert store.lookup("email", "*") is None
+    assert store.lookup("email", "Carol*") is None
+
+
+def test_bulk_lookup_answers_the_known_ones(store: LdapIdentityStore) -> None:
+    wanted = [
+        ("email", "ldapalice@example.org"),
+        ("email", "alice.liddell@example.org"),
+        ("email", "dave.upper@example.org"),
+        ("email", "b*b@example.org"),
+        ("email", "mallory@example.org"),
+        ("email", "nobody@example.org"),
+        ("msisdn", "442079460000"),
+        ("employee", "E-1002"),
+    ]
+    # More than one filter's worth of addresses.
+    wanted += [("email", f"missing{i}@example.org") for i in range(120)]
+
+    assert store.bulk_lookup(wanted) == {
+        ("email", "ldapalice@example.org"): ALICE,
+        ("email", "alice.liddell@example.org"): ALICE,
+        ("email", "dave.upper@example.org"): DAVE,
+        ("email", "b*b@example.org"): BOB,
+        ("msisdn", "442079460000"): ALICE,
+        ("employee", "E-1002"): BOB,
+    }
+
+
+def test_listing_gives_every_normalised_threepid(store: LdapIdentityStore) -> None:
+    listed = set(store.iter_threepids())
+
+    assert {
+        ("email", "ldapalice@example.org", ALICE),
+        ("email", "alice.liddell@example.org", ALICE),
+        ("msisdn", "442079460000", ALICE),
+        ("employee", "E-1001", ALICE),
+        ("email", "b*b@example.org", BOB),
+        ("email", "dave.upper@example.org", DAVE),
+        ("msisdn", "447700900123", DAVE),
+    } <= listed
+    assert {mxid for _, _, mxid in listed} == {ALICE, BOB, DAVE}  # carol: no valid mail
+
+
+# Active Directory-style schema
+
+
+@pytest.mark.parametrize(
+    "address, mxid",
+    [
+        ("erin.windows@corp.example.org", ERIN),  # mail and "SMTP:" primary
+        ("erin@corp.example.org", ERIN),  # "smtp:" alias
+        ("e.windows@legacy.example.org", ERIN),
+        ("frank.gates@corp.example.org", FRANK),  # only in proxyAddresses
+    ],
+)
+def test_ad_lookup_by_mail_and_proxy_addresses(
+    ad_store: LdapIdentityStore, address: str, mxid: str
+) -> None:
+    assert ad_store.lookup("email", address) == mxid
+
+
+def test_ad_proxy_addresses_are_listed_without_prefix(
+    ad_store: LdapIdentityStore,
+) -> None:
+    listed = set(ad_store.iter_threepids())
+
+    assert listed == {
+        ("email", "erin.windows@corp.example.org", ERIN),
+        ("email", "erin@corp.example.org", ERIN),
+        ("email", "e.windows@legacy.example.org", ERIN),
+        ("email", "frank.gates@corp.example.org", FRANK),
+    }
+    assert ad_store.bulk_lookup(
+        [("email", "erin@corp.example.org"), ("email", "frank.gates@corp.example.org")]
+    ) == {
+        ("email", "erin@corp.example.org"): ERIN,
+        ("email", "frank.gates@corp.example.org"): FRANK,
+    }
+
+
+def test_ad_user_principal_name_as_uid(slapd: Slapd) -> None:
+    store = make_store(
+        slapd,
+        filter="(objectClass=testADUser)",
+        attribute={"uid": {"type": "uid", "value": "userPrincipalName"}},
+    )
+
+    assert store.lookup("email", "erin.windows@corp.example.org") == ERIN
+    result = store.authenticate(ERIN, "ewindows", "EWindows-pw")
+    assert result is not None and result.mxid == ERIN
+
+
+def test_uid_type_mxid_takes_the_value_as_the_mxid(slapd: Slapd) -> None:
+    store = make_store(
+        slapd, attribute={"uid": {"type": "mxid", "value": "description"}}
+    )
+
+    assert store.lookup("email", "ldapalice@example.org") == "@Alice.L:example.org"
+    result = store.authenticate("@alice.l:example.org", "alice.l", "ldapalice-pw")
+    assert result is not None and result.mxid == "@alice.l:example.org"
+
+
+# Authentication, directory, profile
+
+
+def test_auth_binds_as_the_user(store: LdapIdentityStore) -> None:
+    result = store.authenticate(ALICE, "ldapalice", "ldapalice-pw")
+
+    assert result is not None
+    assert result.mxid == ALICE
+    assert result.profile.display_name == "Alice Liddell"
+    assert ("email", "alice.liddell@example.org") in result.profile.threepids
+
+
+@pytest.mark.parametrize(
+    "mxid, localpart, password",
+    [
+        (ALICE, "ldapalice", "wrong"),
+        (ALICE, "ldapalice", ""),  # would be an anonymous bind
+        (ALICE, "ldapalice", "ldapbob-pw"),
+        ("@nobody:example.org", "nobody", "x"),
+        ("@ldapalice:other.example", "ldapalice", "ldapalice-pw"),
+        ("@ldap*:example.org", "ldap*", "ldapalice-pw"),
+    ],
+)
+def test_auth_refuses(
+    store: LdapIdentityStore, mxid: str, localpart: str, password: str
+) -> None:
+    assert store.authenticate(mxid, localpart, password) is None
+
+
+def test_ad_auth_returns_the_canonical_lower_case_mxid(
+    ad_store: LdapIdentityStore,
+) -> None:
+    result = ad_store.authenticate("@EWindows:example.org", "EWindows", "EWindows-pw")
+
+    assert result is not None
+    assert result.mxid == ERIN
+    assert ("email", "erin@corp.example.org") in result.profile.threepids
+
+
+def test_directory_by_name_and_by_threepid(store: LdapIdentityStore) -> None:
+    assert [e.mxid for e in store.directory_search("liddell", False)] == [ALICE]
+    assert store.directory_search("Alice", False)[0].display_name == "Alice Liddell"
+    assert [e.mxid for e in store.directory_search("upper@", True)] == [DAVE]
+    assert store.directory_search("upper@", False) == []
+    # A literal "*": only the one address that holds it, not everyone.
+    assert [e.mxid for e in store.directory_search("*", True)] == [BOB]
+    assert store.directory_search("", False) == []
+
+
+def test_directory_other_attributes(slapd: Slapd) -> None:
+    store = make_store(slapd, directory={"attribute": {"other": ["employeeNumber"]}})
+
+    assert [e.mxid for e in store.directory_search("E-1002", False)] == [BOB]
+
+
+def test_profile_gives_name_and_threepids(store: LdapIdentityStore) -> None:
+    profile = store.profile(DAVE)
+
+    assert profile is not None
+    assert profile.display_name == "Dave Upper"
+    assert profile.threepids == (
+        ("email", "dave.upper@example.org"),
+        ("msisdn", "447700900123"),
+    )
+    assert store.profile("@nobody:example.org") is None
+    assert store.profile("@ldapdave:other.example") is None
+
+
+# Connections
+
+
+def test_connection_is_reused(store: LdapIdentityStore) -> None:
+    store.lookup("email", "ldapalice@example.org")
+    first = list(store._pool._idle)
+
+    for _ in range(20):
+        store.lookup("email", "ldapalice@example.org")
+
+    assert store._pool._idle == first and len(first) == 1
+
+
+def test_lookups_work_again_after_a_server_restart(
+    slapd: Slapd, store: LdapIdentityStore
+) -> None:
+    assert store.lookup("email", "ldapalice@example.org") == ALICE
+
+    slapd.restart()
+
+    assert store.lookup("email", "ldapalice@example.org") == ALICE
+    assert store.authenticate(ALICE, "ldapalice", "ldapalice-pw") is not None
+
+
+def test_a_stopped_server_is_a_store_error(
+    slapd: Slapd, store: LdapIdentityStore
+) -> None:
+    assert store.lookup("email", "ldapalice@example.org") == ALICE
+    slapd.stop()
+
+    with pytest.raises(StoreError):
+        store.lookup("email", "ldapalice@example.org")
+    with pytest.raises(StoreError):
+        store.authenticate(ALICE, "ldapalice", "ldapalice-pw")
+    with pytest.raises(StoreError):
+        list(store.iter_threepids())
+
+    slapd.start()
+    assert store.lookup("email", "ldapalice@example.org") == ALICE
+
+
+def test_a_server_that_never_answers_times_out(slapd: Slapd) -> None:
+    with socket.socket() as silent:  # accepts connections, never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        section = slapd.config()
+        section["connection"] = {
+            **section["connection"],
+            "port": silent.getsockname()[1],
+            "timeout": 1,
+        }
+        store = make_store(slapd, **section)
+        started = time.monotonic()
+
+        with pytest.raises(StoreError):
+            store.lookup("email", "ldapalice@example.org")
+
+        assert time.monotonic() - started < 5
+
+
+# Through the app
+
+
+@pytest.fixture
+def ldap_app(
+    make_config: ConfigFactory, homeserver: Homeserver, slapd: Slapd
+) -> Iterator[Flask]:
+    from conftest import homeserver_config
+
+    config = make_config(ldap=slapd.config(), **homeserver_config(homeserver))
+    application = create_app(config)
+    yield application
+    services = application.extensions["mxisd"]
+    for store in services.stores:
+        store.close()
+    services.db.close()
+
+
+def test_v1_lookup_through_the_app(ldap_app: Flask) -> None:
+    client = ldap_app.test_client()
+
+    response = client.get(
+        f"{V1}/lookup",
+        query_string={"medium": "email", "address": "Dave.Upper@Example.org"},
+    )
+    starred = client.get(
+        f"{V1}/lookup", query_string={"medium": "email", "address": "*@example.org"}
+    )
+
+    assert response.get_json()["mxid"] == DAVE
+    assert starred.status_code == 200 and starred.get_json() == {}
+
+
+def test_v2_hashed_lookup_finds_ldap_users_through_the_index(
+    ldap_app: Flask, homeserver: Homeserver
+) -> None:
+    client = ldap_app.test_client()
+    token = register(client, homeserver, "@someone:example.org")
+    pepper = client.get(f"{V2}/hash_details", headers=bearer(token)).get_json()[
+        "lookup_pepper"
+    ]
+    hashes = {
+        a: lookup_hash(a, m, pepper)
+        for a, m in [
+            ("alice.liddell@example.org", "email"),
+            ("442079460000", "msisdn"),
+            ("alice@example.org", "email"),  # the memory store's
+            ("mallory@example.org", "email"),
+        ]
+    }
+
+    response = client.post(
+        f"{V2}/lookup",
+        json={
+            "algorithm": "sha256",
+            "pepper": pepper,
+            "addresses": list(hashes.values()),
+        },
+        headers=bearer(token),
+    )
+
+    assert response.get_json() == {
+        "mappings": {
+            hashes["alice.liddell@example.org"]: ALICE,
+            hashes["442079460000"]: ALICE,
+            hashes["alice@example.org"]: "@alice:example.org",
+        }
+    }
+
+
+def test_index_is_built_from_the_ldap_listing(store: LdapIdentityStore) -> None:
+    index = HashIndex([store], refresh_s=300, build_timeout_s=10)
+
+    found = index.lookup(
+        [lookup_hash("dave.upper@example.org", "email", "p3pper")], "p3pper"
+    )
+
+    assert list(found.values()) == [DAVE]
+
+
+def test_a_stopped_server_leaves_the_other_stores_answering(
+    ldap_app: Flask, slapd: Slapd, caplog: pytest.LogCaptureFixture
+) -> None:
+    client: FlaskClient = ldap_app.test_client()
+    assert (
+        client.get(
+            f"{V1}/lookup",
+            query_string={"medium": "email", "address": "ldapalice@example.org"},
+        ).get_json()["mxid"]
+        == ALICE
+    )
+    slapd.stop()
+    caplog.set_level(logging.WARNING, logger="mxisd_flask")
+
+    memory = client.get(
+        f"{V1}/lookup", query_string={"medium": "email", "address": "alice@example.org"}
+    )
+    ldap_user = client.get(
+        f"{V1}/lookup",
+        query_string={"medium": "email", "address": "ldapalice@example.org"},
+    )
+    bulk = client.post(
+        f"{V1}/bulk_lookup",
+        json={
+            "threepids": [
+                ["email", "alice@example.org"],
+                ["email", "ldapalice@example.org"],
+            ]
+        },
+    )
+
+    assert (
+        memory.status_code == 200 and memory.get_json()["mxid"] == "@alice:example.org"
+    )
+    assert ldap_user.status_code == 200 and ldap_user.get_json() == {}
+    assert bulk.status_code == 200
+    assert bulk.get_json()["threepids"] == [
+        ["email", "alice@example.org", "@alice:example.org"]
+    ]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("store=ldap" in w for w in warnings), warnings
+
+
+# Configuration
+
+
+def test_capabilities_can_be_turned_off(slapd: Slapd) -> None:
+    store = make_store(slapd, auth={"enabled": False}, directory={"enabled": False})
+
+    assert store.capabilities == {
+        Capability.LOOKUP,
+        Capability.LISTING,
+        Capability.PROFILE,
+    }
+
+
+def test_older_single_base_dn_is_read(slapd: Slapd) -> None:
+    section = slapd.config()
+    connection = {k: v for k, v in section["connection"].items() if k != "baseDNs"}
+    store = make_store(
+        slapd, connection={**connection, "baseDn": "ou=people,dc=example,dc=org"}
+    )
+
+    assert store.config.base_dns == ("ou=people,dc=example,dc=org",)
+    assert store.lookup("email", "ldapalice@example.org") == ALICE
+
+
+@pytest.mark.parametrize(
+    "section, key",
+    [
+        ({"attribute": {"uid": {"type": "login"}}}, "ldap.attribute.uid.type"),
+        ({"identity": {"medium": {"email": "(mail=x)"}}}, "ldap.identity.medium.email"),
+        ({"filter": "(&(a=b)"}, "ldap.filter"),
+        (
+            {"attribute": {"threepid": {"email": "mail"}}},
+            "ldap.attribute.threepid.email",
+        ),
+        ({"connection": {"host": ""}}, "ldap.connection.host"),
+        ({"connection": {"host": "h", "baseDNs": []}}, "ldap.connection.baseDNs"),
+    ],
+)
+def test_bad_values_name_their_key(section: dict[str, Any], key: str) -> None:
+    raw = with_ldap(
+        {
+            "enabled": True,
+            "connection": {"host": "127.0.0.1", "baseDNs": ["dc=example,dc=org"]},
+            **section,
+        }
+    )
+    with pytest.raises(ConfigError, match=key):
+        from_config(parse_config(raw))
+
+
+def test_disabled_section_builds_no_store() -> None:
+    raw = with_ldap({"connection": {"host": "127.0.0.1"}})
+
+    assert from_config(parse_config(raw)) is None
