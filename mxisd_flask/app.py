@@ -27,12 +27,25 @@ MAX_BODY_BYTES = 1 << 20
 
 
 def create_app(
-    config: Config, clock: Clock = now_ms, mail_sender: MailSender | None = None
+    config: Config,
+    clock: Clock = now_ms,
+    mail_sender: MailSender | None = None,
+    background: bool = False,
 ) -> Flask:
+    """Build the app; ``background`` runs the onbind worker in each process
+    that serves (the servers do; tests drive ``services.onbind`` directly)."""
     app = Flask("mxisd_flask")
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.json.sort_keys = False  # type: ignore[attr-defined]  # DefaultJSONProvider
-    app.extensions["mxisd"] = build_services(config, clock, mail_sender)
+    services = build_services(config, clock, mail_sender)
+    app.extensions["mxisd"] = services
+    if background:
+        services.worker.ensure_running()
+
+        @app.before_request
+        def worker_after_fork() -> None:
+            # gunicorn --preload built the app before forking this worker.
+            services.worker.ensure_running()
 
     register_error_handlers(app)
     app.register_blueprint(internal_auth.bp)

@@ -117,7 +117,7 @@ def serve(config: Config, path: str | None) -> int:
                     self.cfg.set(key, value)
 
         def load(self) -> Any:
-            return create_app(config)
+            return create_app(config, background=True)
 
     Application().run()
     return 0

@@ -92,5 +92,14 @@ class FetcherError(Exception):
     """A remote server could not be asked or answered nonsense."""
 
 
+class HttpStatusError(FetcherError):
+    """A remote server answered with a status other than 200."""
+
+    def __init__(self, message: str, status: int, body: bytes = b"") -> None:
+        super().__init__(message)
+        self.status = status
+        self.body = body
+
+
 class StoreError(Exception):
     """An identity store failed; the text may name hosts, never shown to clients."""

@@ -24,7 +24,7 @@ import requests
 
 from mxisd_flask.config.recursion import Nameserver
 from mxisd_flask.config.sections import Network
-from mxisd_flask.errors import FetcherError
+from mxisd_flask.errors import FetcherError, HttpStatusError
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +39,7 @@ class OutboundClient:
         timeout_s: float,
         verify_certs: bool = True,
         nameservers: tuple[Nameserver, ...] = (),
+        ca_file: str | None = None,
     ) -> None:
         self._allowed = allowed
         self._timeout_s = timeout_s
@@ -46,7 +47,8 @@ class OutboundClient:
         # requests reads REQUESTS_CA_BUNDLE itself; SSL_CERT_FILE is OpenSSL's
         # name for the same thing, which admins and test harnesses set.
         bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("SSL_CERT_FILE")
-        self._verify: bool | str = (bundle or True) if verify_certs else False
+        verify = ca_file or bundle or True
+        self._verify: bool | str = verify if verify_certs else False
         self._session = requests.Session()
         if not verify_certs:
             logger.warning(
@@ -117,7 +119,11 @@ class OutboundClient:
         if len(body) > MAX_BODY_BYTES:
             raise FetcherError(f"{_redact_url(url)}: answer too large")
         if response.status_code != 200:
-            raise FetcherError(f"{_redact_url(url)}: HTTP {response.status_code}")
+            raise HttpStatusError(
+                f"{_redact_url(url)}: HTTP {response.status_code}",
+                response.status_code,
+                body,
+            )
         try:
             return json.loads(body)
         except ValueError as exc:
@@ -130,6 +136,8 @@ class OutboundClient:
         host, _, port = server_name.rpartition(":")
         if host and port.isdigit() and not server_name.endswith("]"):
             return f"https://{server_name}"
+        if _is_ip_literal(server_name):
+            return f"https://{server_name}:8448"
         try:
             well_known = self.get_json(
                 f"https://{server_name}/.well-known/matrix/server"
@@ -179,6 +187,14 @@ def _resolver(nameservers: tuple[Nameserver, ...]) -> dns.resolver.Resolver:
         dns.nameserver.Do53Nameserver(ns.address, ns.port) for ns in nameservers
     ]
     return resolver
+
+
+def _is_ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True
 
 
 def _redact_url(url: str) -> str:

@@ -36,6 +36,7 @@ pytest_plugins = [
     "fixtures_twilio",
     "fixtures_synapse",
     "fixtures_apache",
+    "fixtures_homeserver",
 ]
 
 PG_DSN = os.environ.get("MXISD_TEST_PG", "host=127.0.0.1 port=5432 user=postgres")

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from mxisd_flask.config.recursion import recursion_config
 from mxisd_flask.config.sections import Config
 from mxisd_flask.crypto.keys import load_or_create_signing_key
+from mxisd_flask.errors import ConfigError
 from mxisd_flask.notify.smtp import SmtpMailSender
 from mxisd_flask.outbound import OutboundClient
 from mxisd_flask.services.accounts import AccountService, TermsService
@@ -19,11 +21,17 @@ from mxisd_flask.services.keys import KeyService
 from mxisd_flask.services.lookup import LocalBindingProvider, LookupChain
 from mxisd_flask.services.lookups import LookupService
 from mxisd_flask.services.notifications import MailSender, NotificationService
+from mxisd_flask.services.onbind import OnbindService, invite_config
 from mxisd_flask.services.pepper import PepperService
 from mxisd_flask.services.sessions import SessionService
+from mxisd_flask.services.worker import BackgroundWorker
 from mxisd_flask.storage.db import Database
 from mxisd_flask.stores import build_stores
 from mxisd_flask.stores.base import IdentityStore
+
+# Seconds between two passes of the background worker (deliveries due,
+# then resolution when invite.resolution.timer says so); a bind wakes it.
+WORKER_INTERVAL_S = 10
 
 
 @dataclass
@@ -41,6 +49,8 @@ class Services:
     accounts: AccountService
     terms: TermsService
     auth: AuthService
+    onbind: OnbindService
+    worker: BackgroundWorker
 
 
 def build_services(
@@ -77,7 +87,21 @@ def build_services(
         config.outbound_timeout_s,
         config.verify_certs,
         nameservers=recursion.nameservers,
+        ca_file=_ca_file(config),
     )
+    # Local-only resolution of invites: our bindings and configured stores.
+    local_chain = LookupChain(LocalBindingProvider(db), stores, index)
+    onbind = OnbindService(
+        db,
+        (chain.lookup, local_chain.lookup),
+        keys,
+        outbound,
+        config.federation_overrides,
+        invite_config(config.values),
+        clock,
+    )
+    worker = BackgroundWorker("onbind", onbind.run_once, WORKER_INTERVAL_S)
+    onbind.on_queued = worker.wake
     db.close()  # connections are per thread; serving threads open their own
     return Services(
         config=config,
@@ -88,9 +112,21 @@ def build_services(
         pepper=pepper,
         lookups=LookupService(chain, keys, pepper, config.hashing),
         sessions=sessions,
-        bind=BindService(db, sessions, keys, pepper, clock),
+        bind=BindService(db, sessions, keys, pepper, clock, onbind),
         invites=InviteService(db, chain, keys, notifications, clock),
         accounts=AccountService(db, outbound, config.federation_overrides, clock),
         terms=TermsService(db, config.policies),
         auth=AuthService(stores, auth_config(config.values, config.domain)),
+        onbind=onbind,
+        worker=worker,
     )
+
+
+def _ca_file(config: Config) -> str | None:
+    path = config.values["federation.caFile"]
+    if path is None:
+        return None
+    path = os.path.join(config.base_dir, os.path.expanduser(path))
+    if not os.path.isfile(path):
+        raise ConfigError(f"federation.caFile: no such file {path}")
+    return str(path)

@@ -10,6 +10,7 @@ from mxisd_flask.errors import Forbidden, Unauthorized
 from mxisd_flask.model import check_mxid, normalise_address
 from mxisd_flask.services.clock import Clock
 from mxisd_flask.services.keys import KeyService
+from mxisd_flask.services.onbind import OnbindService
 from mxisd_flask.services.pepper import PepperService
 from mxisd_flask.services.sessions import SessionService
 from mxisd_flask.storage.bindings import BindingStorage
@@ -26,8 +27,10 @@ class BindService:
         keys: KeyService,
         pepper: PepperService,
         clock: Clock,
+        onbind: OnbindService | None = None,
     ) -> None:
         self._db = db
+        self._onbind = onbind
         self._sessions = sessions
         self._keys = keys
         self._pepper = pepper
@@ -52,7 +55,13 @@ class BindService:
             self._storage.upsert(
                 cur, threepid.medium, threepid.address, mxid, hashed, self._clock()
             )
+            # In the same transaction: a bind never commits without its invites.
+            queued = self._onbind is not None and self._onbind.record_bound(
+                cur, threepid.medium, threepid.address, mxid
+            )
         logger.info("bind mxid=%s medium=%s sid=%s", mxid, threepid.medium, sid)
+        if queued and self._onbind is not None:
+            self._onbind.on_queued()
         return self._keys.association(threepid.medium, threepid.address, mxid)
 
     def unbind(

@@ -70,6 +70,23 @@ MIGRATIONS: list[list[str]] = [
             url TEXT NOT NULL,
             PRIMARY KEY (user_id, url))""",
     ],
+    # 2: onbind delivery of resolved invites, with retry state (issue #4).
+    [
+        """CREATE TABLE invite_deliveries (
+            token TEXT PRIMARY KEY,
+            server_name TEXT NOT NULL,
+            mxid TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            state TEXT NOT NULL,
+            attempts INTEGER NOT NULL,
+            next_ts BIGINT NOT NULL,
+            claimed_by TEXT,
+            claim_until BIGINT,
+            last_error TEXT,
+            resolved_ts BIGINT NOT NULL,
+            updated_ts BIGINT NOT NULL)""",
+        "CREATE INDEX invite_deliveries_due ON invite_deliveries (state, next_ts)",
+    ],
 ]
 
 

@@ -11,3 +11,22 @@ KEYS: dict[str, tuple[tuple[type, ...], Any]] = {
     "auth.internal.allowedCidr": ((list,), ["127.0.0.1/32", "::1/128"]),
     # ---- end of Synapse authentication keys ----
 }
+
+# Pending invites and their delivery through onbind.
+KEYS.update(
+    {
+        # Ask remote identity servers too when resolving pending invites.
+        "invite.resolution.recursive": ((bool,), True),
+        # Minutes between two resolutions of pending invites by the stores.
+        "invite.resolution.timer": ((int,), 1),
+        # Resolve invites nobody claimed to invite.expiration.resolveTo.
+        "invite.expiration.enabled": ((bool,), False),
+        # Minutes after which a pending invite expires.
+        "invite.expiration.after": ((int,), 60 * 24 * 7),
+        # The mxid expired invites are delivered to (a bot that rejects them).
+        "invite.expiration.resolveTo": ((str,), None),
+        # CA bundle for TLS to homeservers (default: the system's, or
+        # SSL_CERT_FILE / REQUESTS_CA_BUNDLE).
+        "federation.caFile": ((str,), None),
+    }
+)
