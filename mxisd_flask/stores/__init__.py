@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from mxisd_flask.config.sections import Config
-from mxisd_flask.stores import ldap, memory, rest
+from mxisd_flask.stores import ldap, memory, rest, sql, synapse_sql
 from mxisd_flask.stores.base import IdentityStore
 
 Factory = Callable[[Config], IdentityStore | None]
@@ -19,6 +19,8 @@ FACTORIES: list[Factory] = [
     memory.from_config,
     rest.from_config,
     ldap.from_config,
+    sql.from_config,
+    synapse_sql.from_config,
 ]
 
 
