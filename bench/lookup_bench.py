@@ -126,8 +126,12 @@ def rss_mb(pid: int) -> float:
     return sum(int(x) for x in out.split()) / 1024
 
 
-def run_wrk(url: str, seconds: int, script: Path | None) -> dict[str, float]:
-    cmd = ["wrk", "-t", "2", "-c", "16", "-d", f"{seconds}s", "--latency", url]
+def run_wrk(
+    url: str, seconds: int, script: Path | None, connections: int = 16
+) -> dict[str, float]:
+    threads = str(min(2, connections))
+    cmd = ["wrk", "-t", threads, "-c", str(connections), "-d", f"{seconds}s"]
+    cmd += ["--latency", url]
     if script is not None:
         cmd[1:1] = ["-s", str(script)]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout

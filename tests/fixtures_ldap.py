@@ -40,8 +40,8 @@ pidfile {root}/slapd.pid
 argsfile {root}/slapd.args
 modulepath /usr/lib/ldap
 moduleload back_mdb
-# Like a directory admins leave at its defaults: answers past 500 entries
-# need paging (the store's listing pages).
+# A directory's usual limit: answers past 500 entries need paging (the
+# store's listing pages) ...
 sizelimit 500
 
 database mdb
@@ -50,6 +50,9 @@ rootdn "{root_dn}"
 rootpw {root_pw}
 directory {root}/data
 maxsize 1073741824
+# ... and the service account may page through everything, as
+# docs/stores-ldap.md asks of OpenLDAP admins.
+limits dn.exact="{bind_dn}" size.prtotal=unlimited
 index objectClass eq
 index uid,mail,cn,displayName,sAMAccountName,userPrincipalName eq,sub
 index proxyAddresses,employeeNumber,telephoneNumber,mobile eq,sub
@@ -70,24 +73,35 @@ def _free_port() -> int:
 
 
 class Slapd:
-    """One slapd process on 127.0.0.1:``port`` serving :data:`SUFFIX`."""
+    """One slapd process on 127.0.0.1:``port`` serving :data:`SUFFIX`.
 
-    def __init__(self, root: Path, seed: Path = SEED_LDIF) -> None:
+    With ``tls`` (certificate and key files) it speaks ldaps:// only.
+    """
+
+    def __init__(
+        self, root: Path, seed: Path = SEED_LDIF, tls: tuple[Path, Path] | None = None
+    ) -> None:
         self.root = root
         self.port = _free_port()
-        self.uri = f"ldap://127.0.0.1:{self.port}"
+        self.tls = tls is not None
+        scheme = "ldaps" if tls else "ldap"
+        self.uri = f"{scheme}://127.0.0.1:{self.port}"
         self.conf = root / "slapd.conf"
         self._process: subprocess.Popen[bytes] | None = None
         (root / "data").mkdir(parents=True, exist_ok=True)
-        self.conf.write_text(
-            SLAPD_CONF.format(
-                schema=LDAP_DIR / "ad.schema",
-                root=root,
-                suffix=SUFFIX,
-                root_dn=ROOT_DN,
-                root_pw=ROOT_PW,
-            )
+        conf = SLAPD_CONF.format(
+            schema=LDAP_DIR / "ad.schema",
+            root=root,
+            suffix=SUFFIX,
+            root_dn=ROOT_DN,
+            root_pw=ROOT_PW,
+            bind_dn=BIND_DN,
         )
+        if tls:
+            conf = (
+                f"TLSCertificateFile {tls[0]}\nTLSCertificateKeyFile {tls[1]}\n{conf}"
+            )
+        self.conf.write_text(conf)
         self.load(seed)
 
     def load(self, ldif: Path) -> None:
@@ -149,6 +163,7 @@ class Slapd:
             "connection": {
                 "host": "127.0.0.1",
                 "port": self.port,
+                "tls": self.tls,
                 "bindDn": BIND_DN,
                 "bindPassword": BIND_PW,
                 "baseDNs": [f"ou=people,{SUFFIX}", f"ou=ad,{SUFFIX}"],
@@ -189,6 +204,26 @@ def slapd(slapd_server: Slapd) -> Iterator[Slapd]:
     yield slapd_server
     if not slapd_server.running:
         slapd_server.start()
+
+
+@pytest.fixture(scope="session")
+def slapd_tls() -> Iterator[tuple[Slapd, Path]]:
+    """A seeded slapd on ldaps:// with a self-signed certificate for
+    127.0.0.1; yields the server and the certificate (the CA to trust)."""
+    root = Path(tempfile.mkdtemp(prefix="mxisd-slapd-tls-"))
+    cert, key = root / "cert.pem", root / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"]
+        + ["-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1"]
+        + ["-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True,
+        capture_output=True,
+    )
+    server = Slapd(root / "slapd", tls=(cert, key))
+    server.start()
+    yield server, cert
+    server.stop()
+    shutil.rmtree(root, ignore_errors=True)
 
 
 def ldif_users(count: int, suffix: str = SUFFIX) -> str:

@@ -7,10 +7,11 @@ import logging
 import socket
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
-from fixtures_ldap import Slapd
+from fixtures_ldap import Slapd, ldif_users, write_temp
 from flask import Flask
 from flask.testing import FlaskClient
 
@@ -568,3 +569,77 @@ def test_disabled_section_builds_no_store() -> None:
     raw = with_ldap({"connection": {"host": "127.0.0.1"}})
 
     assert from_config(parse_config(raw)) is None
+
+
+# Paging, TLS, Synapse logins
+
+
+@pytest.fixture(scope="module")
+def big_slapd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Slapd]:
+    """A slapd with more users than its size limit (500) lets one search return."""
+    root = tmp_path_factory.mktemp("big-slapd")
+    server = Slapd(root)
+    server.load(write_temp(ldif_users(1200), root))
+    server.start()
+    yield server
+    server.stop()
+
+
+def test_listing_pages_past_the_server_size_limit(big_slapd: Slapd) -> None:
+    store = make_store(big_slapd, filter="(objectClass=inetOrgPerson)")
+
+    mxids = {mxid for _, _, mxid in store.iter_threepids()}
+
+    assert {f"@user{i}:example.org" for i in range(1200)} <= mxids
+    # An unpaged search stops at the server's limit.
+    unpaged = store._pool.run(
+        lambda c: store._search(c, "(objectClass=inetOrgPerson)", ["uid"])
+    )
+    assert len(unpaged) < 1200
+
+
+def test_ldaps_with_a_trusted_certificate(
+    slapd_tls: tuple[Slapd, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server, cert = slapd_tls
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+    store = make_store(server)
+
+    assert store.config.uri.startswith("ldaps://")
+    assert store.lookup("email", "ldapalice@example.org") == ALICE
+    assert store.authenticate(ALICE, "ldapalice", "ldapalice-pw") is not None
+
+
+def test_ldaps_refuses_an_untrusted_certificate(
+    slapd_tls: tuple[Slapd, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server, _ = slapd_tls
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    store = make_store(server)
+
+    with pytest.raises(StoreError):
+        store.lookup("email", "ldapalice@example.org")
+
+
+CHECK_CREDENTIALS = "/_matrix-internal/identity/v1/check_credentials"
+
+
+def test_synapse_login_with_the_ldap_password(ldap_app: Flask) -> None:
+    client = ldap_app.test_client()
+
+    def check(user: str, password: str) -> Any:
+        body = {"user": {"id": user, "password": password}}
+        return client.post(CHECK_CREDENTIALS, json=body).get_json()
+
+    accepted = check("@LDAPAlice:Example.org", "ldapalice-pw")["auth"]
+
+    assert accepted["success"] is True
+    assert accepted["id"] == {"type": "mxid", "value": ALICE}
+    assert accepted["profile"]["display_name"] == "Alice Liddell"
+    assert {"medium": "email", "address": "alice.liddell@example.org"} in accepted[
+        "profile"
+    ]["three_pids"]
+    assert check("ldapalice", "wrong")["auth"] == {"success": False}
+    assert check("@ldapmallory:example.org", "ldapmallory-pw")["auth"] == {
+        "success": False
+    }

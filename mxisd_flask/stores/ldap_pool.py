@@ -162,4 +162,7 @@ class LdapConnectionPool:
             pass  # already gone: nothing left to release
 
     def _error(self, exc: ldap.LDAPError) -> StoreError:
-        return StoreError(f"ldap {self._config.uri}: {describe(exc)}")
+        hint = ""
+        if isinstance(exc, ldap.SIZELIMIT_EXCEEDED):
+            hint = " (the bind DN needs an unlimited size limit for paged searches)"
+        return StoreError(f"ldap {self._config.uri}: {describe(exc)}{hint}")
