@@ -139,7 +139,7 @@ class LdapIdentityStore(IdentityStore):
             return None
         dn, entry, canonical = found
         if not self._pool.check_password(dn, password):
-            logger.info("ldap auth refused mxid=%s", canonical)
+            logger.debug("ldap auth refused mxid=%s", canonical)
             return None
         return AuthResult(mxid=canonical, profile=self._profile_of(entry))
 

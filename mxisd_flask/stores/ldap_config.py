@@ -59,6 +59,10 @@ def parse_ldap_config(v: Mapping[str, Any], domain: str) -> LdapConfig:
     uid_type = v["ldap.attribute.uid.type"]
     if uid_type not in ("uid", "mxid"):
         raise ConfigError("ldap.attribute.uid.type: must be uid or mxid")
+    if v["ldap.connection.bindDn"] and not v["ldap.connection.bindPassword"]:
+        # A DN without a password is an "unauthenticated bind" (RFC 4513),
+        # which some servers take as anonymous without a word.
+        raise ConfigError("ldap.connection.bindPassword: required with bindDn")
     token = v["ldap.identity.token"]
     if not token:
         raise ConfigError("ldap.identity.token: must not be empty")

@@ -50,27 +50,33 @@ class LdapConnectionPool:
         Raises:
             StoreError: the server cannot be reached or refused the operation.
         """
-        for attempt in (1, 2):
-            conn = self._acquire()
-            try:
-                result = operation(conn)
-            except GONE as exc:
+        try:
+            return self._attempt(operation)
+        except GONE as exc:
+            self.clear()  # the idle ones were opened to the same lost server
+            logger.debug("ldap connection lost, reconnecting: %s", describe(exc))
+        try:
+            return self._attempt(operation)
+        except GONE as exc:
+            raise self._error(exc) from exc
+
+    def _attempt(self, operation: Callable[[Any], T]) -> T:
+        """One try; a lost connection is dropped and its error passed on."""
+        conn = self._acquire()
+        try:
+            result = operation(conn)
+        except GONE:
+            self._discard(conn)
+            raise
+        except ldap.LDAPError as exc:
+            # A timeout may leave an answer in flight on this connection.
+            if isinstance(exc, ldap.TIMEOUT):
                 self._discard(conn)
-                self.clear()  # the others were opened to the same lost server
-                if attempt == 2:
-                    raise self._error(exc) from exc
-                logger.debug("ldap connection lost, reconnecting: %s", describe(exc))
-                continue
-            except ldap.LDAPError as exc:
-                # A timeout may leave an answer in flight on this connection.
-                if isinstance(exc, ldap.TIMEOUT):
-                    self._discard(conn)
-                else:
-                    self._release(conn)
-                raise self._error(exc) from exc
-            self._release(conn)
-            return result
-        raise AssertionError("unreachable")  # the loop returns or raises
+            else:
+                self._release(conn)
+            raise self._error(exc) from exc
+        self._release(conn)
+        return result
 
     @contextmanager
     def connection(self) -> Iterator[Any]:
