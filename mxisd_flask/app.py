@@ -8,6 +8,7 @@ from flask import Flask, Response, jsonify, request
 
 from mxisd_flask.config.sections import Config
 from mxisd_flask.http import auth as internal_auth
+from mxisd_flask.http import client as client_api
 from mxisd_flask.http.errors import register_error_handlers
 from mxisd_flask.http.identity import make_blueprint
 from mxisd_flask.http.request import reject_nul_in_query
@@ -49,6 +50,7 @@ def create_app(
 
     register_error_handlers(app)
     app.register_blueprint(internal_auth.bp)
+    app.register_blueprint(client_api.bp)
     if config.serve_v2:
         app.register_blueprint(make_blueprint("v2"))
     if config.serve_v1:

@@ -15,6 +15,7 @@ import logging
 import os
 import socket
 import urllib.parse
+from dataclasses import dataclass
 from typing import Any
 
 import dns.exception
@@ -30,6 +31,22 @@ logger = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 1 << 20
 DNS_LIFETIME_S = 3.0
+
+
+@dataclass(frozen=True)
+class Relayed:
+    """A remote answer as it came: status, body, content type."""
+
+    status: int
+    body: bytes
+    content_type: str
+
+    def json(self) -> Any:
+        """The body as JSON; FetcherError when it is not."""
+        try:
+            return json.loads(self.body)
+        except ValueError as exc:
+            raise FetcherError("answer is not JSON") from exc
 
 
 class OutboundClient:
@@ -100,6 +117,26 @@ class OutboundClient:
         # TODO(#3): pin the checked address for the connection; a DNS answer
         # that changes between check and connect is not caught meanwhile.
         self.check_target(url)
+        answer = self._send(method, url, **kwargs)
+        if answer.status != 200:
+            raise HttpStatusError(
+                f"{_redact_url(url)}: HTTP {answer.status}", answer.status, answer.body
+            )
+        try:
+            return json.loads(answer.body)
+        except ValueError as exc:
+            raise FetcherError(f"{_redact_url(url)}: answer is not JSON") from exc
+
+    def relay(self, method: str, url: str, **kwargs: Any) -> Relayed:
+        """Call an address the admin configured (``dns.overwrite.homeserver.
+        client``) and return its answer whatever the status.
+
+        No internal-address check: the URL is the configuration's, never a
+        client's, and is usually the homeserver's loopback port.
+        """
+        return self._send(method, url, **kwargs)
+
+    def _send(self, method: str, url: str, **kwargs: Any) -> Relayed:
         logger.debug("outbound request method=%s url=%s", method, _redact_url(url))
         try:
             response = self._session.request(
@@ -118,16 +155,8 @@ class OutboundClient:
             raise FetcherError(f"{method} {_redact_url(url)}: {name}") from exc
         if len(body) > MAX_BODY_BYTES:
             raise FetcherError(f"{_redact_url(url)}: answer too large")
-        if response.status_code != 200:
-            raise HttpStatusError(
-                f"{_redact_url(url)}: HTTP {response.status_code}",
-                response.status_code,
-                body,
-            )
-        try:
-            return json.loads(body)
-        except ValueError as exc:
-            raise FetcherError(f"{_redact_url(url)}: answer is not JSON") from exc
+        content_type = response.headers.get("Content-Type", "application/json")
+        return Relayed(response.status_code, body, content_type)
 
     def resolve_homeserver(self, server_name: str, overrides: dict[str, str]) -> str:
         """Base URL of a homeserver's federation API (spec: server discovery)."""

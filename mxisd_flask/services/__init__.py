@@ -15,7 +15,9 @@ from mxisd_flask.services.accounts import AccountService, TermsService
 from mxisd_flask.services.auth import AuthService, auth_config
 from mxisd_flask.services.bind import BindService
 from mxisd_flask.services.clock import Clock, now_ms
+from mxisd_flask.services.directory import DirectoryService, directory_config
 from mxisd_flask.services.hash_index import HashIndex
+from mxisd_flask.services.homeserver_client import HomeserverClient, client_overrides
 from mxisd_flask.services.invite import InviteService
 from mxisd_flask.services.keys import KeyService
 from mxisd_flask.services.lookup import LocalBindingProvider, LookupChain
@@ -51,6 +53,7 @@ class Services:
     auth: AuthService
     onbind: OnbindService
     worker: BackgroundWorker
+    directory: DirectoryService
 
 
 def build_services(
@@ -102,6 +105,9 @@ def build_services(
     )
     worker = BackgroundWorker("onbind", onbind.run_once, WORKER_INTERVAL_S)
     onbind.on_queued = worker.wake
+    homeserver = HomeserverClient(
+        outbound, client_overrides(config.values), config.domain
+    )
     db.close()  # connections are per thread; serving threads open their own
     return Services(
         config=config,
@@ -119,6 +125,7 @@ def build_services(
         auth=AuthService(stores, auth_config(config.values, config.domain)),
         onbind=onbind,
         worker=worker,
+        directory=DirectoryService(stores, homeserver, directory_config(config.values)),
     )
 
 

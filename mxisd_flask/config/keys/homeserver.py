@@ -30,3 +30,16 @@ KEYS.update(
         "federation.caFile": ((str,), None),
     }
 )
+
+# Directory search and login through the homeserver's client API.
+KEYS.update(
+    {
+        # [{name, value}]: internal base URL of the homeserver's client API
+        # for each host name clients use (or matrix.domain).
+        "dns.overwrite.homeserver.client": ((list,), []),
+        # Leave the homeserver's own results out of directory searches.
+        "directory.exclude.homeserver": ((bool,), False),
+        # Do not match directory searches against 3PIDs.
+        "directory.exclude.threepid": ((bool,), False),
+    }
+)
