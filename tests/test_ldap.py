@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -356,6 +357,33 @@ def test_lookups_work_again_after_a_server_restart(
     assert store.authenticate(ALICE, "ldapalice", "ldapalice-pw") is not None
 
 
+def test_threads_share_the_pool_without_sharing_a_connection(
+    store: LdapIdentityStore,
+) -> None:
+    wanted = {
+        "ldapalice@example.org": ALICE,
+        "dave.upper@example.org": DAVE,
+        "b*b@example.org": BOB,
+        "nobody@example.org": None,
+    }
+    errors: list[str] = []
+
+    def worker() -> None:
+        for _ in range(25):
+            for address, mxid in wanted.items():
+                if store.lookup("email", address) != mxid:
+                    errors.append(address)
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert errors == []
+    assert 1 <= len(store._pool._idle) <= 8
+
+
 def test_a_stopped_server_is_a_store_error(
     slapd: Slapd, store: LdapIdentityStore
 ) -> None:
@@ -423,6 +451,43 @@ def test_v1_lookup_through_the_app(ldap_app: Flask) -> None:
 
     assert response.get_json()["mxid"] == DAVE
     assert starred.status_code == 200 and starred.get_json() == {}
+
+
+def test_a_restart_is_invisible_through_the_app(
+    ldap_app: Flask, slapd: Slapd, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = ldap_app.test_client()
+    query = {"medium": "email", "address": "ldapalice@example.org"}
+    assert client.get(f"{V1}/lookup", query_string=query).get_json()["mxid"] == ALICE
+    caplog.set_level(logging.DEBUG, logger="mxisd_flask")
+
+    slapd.restart()
+    response = client.get(f"{V1}/lookup", query_string=query)
+
+    assert response.get_json()["mxid"] == ALICE
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert any("reconnecting" in r.getMessage() for r in caplog.records)
+
+
+def test_v2_none_lookup_asks_the_directory(
+    ldap_app: Flask, homeserver: Homeserver
+) -> None:
+    client = ldap_app.test_client()
+    token = register(client, homeserver, "@someone:example.org")
+    pepper = client.get(f"{V2}/hash_details", headers=bearer(token)).get_json()[
+        "lookup_pepper"
+    ]
+    addresses = ["Dave.Upper@example.org email", "+44 20 7946 0000 msisdn"]
+
+    response = client.post(
+        f"{V2}/lookup",
+        json={"algorithm": "none", "pepper": pepper, "addresses": addresses},
+        headers=bearer(token),
+    )
+
+    assert response.get_json() == {
+        "mappings": {addresses[0]: DAVE, addresses[1]: ALICE}
+    }
 
 
 def test_v2_hashed_lookup_finds_ldap_users_through_the_index(
