@@ -6,6 +6,7 @@ import functools
 import re
 from dataclasses import dataclass
 
+import phonenumbers
 from email_validator import EmailNotValidError, validate_email
 
 from mxisd_flask.errors import InvalidAddress, InvalidEmail, InvalidParam
@@ -39,6 +40,25 @@ def normalise_address(medium: str, address: str) -> str:
             raise InvalidAddress("Phone number must be digits in E.164 form")
         return digits
     return address
+
+
+def parse_msisdn(country: str, phone_number: str) -> str:
+    """A phone number as a user typed it, with the client's ISO 3166-1
+    alpha-2 country for national forms, as E.164 digits without the '+'.
+
+    The result is what ``normalise_address("msisdn", ...)`` keeps, so stores
+    and sessions compare the same strings.
+    """
+    if len(phone_number) > 64 or not re.fullmatch(r"[A-Za-z]{2}", country):
+        raise InvalidAddress("Invalid country or phone number")
+    try:
+        parsed = phonenumbers.parse(phone_number, country.upper())
+    except phonenumbers.NumberParseException as exc:
+        raise InvalidAddress("Invalid phone number") from exc
+    if not phonenumbers.is_valid_number(parsed):
+        raise InvalidAddress("Invalid phone number")
+    e164 = phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+    return normalise_address("msisdn", e164)
 
 
 @functools.lru_cache(maxsize=65536)

@@ -27,6 +27,10 @@ TEMPLATES = {
     "validation.eml": "email/validation.eml",
     "success.html": "view/success.html",
     "failure.html": "view/failure.html",
+    "expired.html": "view/expired.html",
+    "unbind-fraudulent.eml": "email/unbind-fraudulent.eml",
+    "matrixid-invite.eml": "email/matrixid-invite.eml",
+    "sms-validation.txt": "sms/validation.txt",
 }
 
 

@@ -73,7 +73,7 @@ def test_store_invite_of_unsupported_medium_is_unrecognized(
     client: FlaskClient,
 ) -> None:
     response = client.post(
-        f"{V1}/store-invite", json={**INVITE, "medium": "msisdn", "address": "441"}
+        f"{V1}/store-invite", json={**INVITE, "medium": "fax", "address": "441"}
     )
 
     assert response.status_code == 400

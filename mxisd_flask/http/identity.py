@@ -7,11 +7,18 @@ the endpoints the spec marks authenticated, and by its lookup endpoints.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, redirect, request
 
-from mxisd_flask.errors import InvalidParam, MatrixError, MissingParams, NotFound
+from mxisd_flask.errors import (
+    InvalidParam,
+    MatrixError,
+    MissingParams,
+    NotFound,
+    SessionExpired,
+)
 from mxisd_flask.http.request import (
     access_token,
     authenticated_user,
@@ -58,47 +65,7 @@ def make_blueprint(version: str) -> Blueprint:
         valid = services().keys.ephemeral_is_valid(_query("public_key"))
         return jsonify({"valid": valid})
 
-    @bp.post("/validate/email/requestToken")
-    def email_request_token() -> Response:
-        """POST /_matrix/identity/v2/validate/email/requestToken"""
-        caller()
-        body = json_body(allow_form=not v2)
-        client_secret, email = require_str(body, "client_secret", "email")
-        send_attempt = require_int(body, "send_attempt")
-        next_link = optional_str(body, "next_link")
-        sid = services().sessions.request_email_token(
-            client_secret, email, send_attempt, next_link
-        )
-        return jsonify({"sid": sid})
-
-    @bp.post("/validate/email/submitToken")
-    def email_submit_token_post() -> Response:
-        """POST /_matrix/identity/v2/validate/email/submitToken"""
-        caller()
-        body = json_body(allow_form=not v2)
-        sid, client_secret, token = require_str(body, "sid", "client_secret", "token")
-        services().sessions.submit_token(sid, client_secret, token)
-        return jsonify({"success": True})
-
-    @bp.get("/validate/email/submitToken")
-    def email_submit_token_get() -> Any:
-        """GET /_matrix/identity/v2/validate/email/submitToken (the mail's link)
-
-        A person clicks this in a mail client, so it answers with an HTML page
-        (or a redirect to the session's next_link), never with JSON.
-        """
-        config = services().config
-        try:
-            sid, client_secret, token = require_str(
-                request.args, "sid", "client_secret", "token"
-            )
-            session = services().sessions.submit_token(sid, client_secret, token)
-        except MatrixError as exc:
-            return render_view(config.failure_view, {"ERROR": exc.error}, 400)
-        next_link = safe_next_link(session.next_link)
-        if next_link:
-            return redirect(next_link, code=302)
-        return render_view(config.success_view, {}, 200)
+    _add_sessions(bp, v2, caller)
 
     @bp.get("/3pid/getValidated3pid")
     def get_validated_threepid() -> Response:
@@ -169,6 +136,67 @@ def make_blueprint(version: str) -> Blueprint:
     else:
         _add_v1_only(bp)
     return bp
+
+
+def _add_sessions(bp: Blueprint, v2: bool, caller: Callable[[], object]) -> None:
+    @bp.post("/validate/email/requestToken")
+    def email_request_token() -> Response:
+        """POST /_matrix/identity/v2/validate/email/requestToken"""
+        caller()
+        body = json_body(allow_form=not v2)
+        client_secret, email = require_str(body, "client_secret", "email")
+        send_attempt = require_int(body, "send_attempt")
+        next_link = optional_str(body, "next_link")
+        sid = services().sessions.request_email_token(
+            client_secret, email, send_attempt, next_link
+        )
+        return jsonify({"sid": sid})
+
+    @bp.post("/validate/msisdn/requestToken")
+    def msisdn_request_token() -> Response:
+        """POST /_matrix/identity/v2/validate/msisdn/requestToken"""
+        caller()
+        body = json_body(allow_form=not v2)
+        client_secret, country, number = require_str(
+            body, "client_secret", "country", "phone_number"
+        )
+        send_attempt = require_int(body, "send_attempt")
+        next_link = optional_str(body, "next_link")
+        sid = services().sessions.request_msisdn_token(
+            client_secret, country, number, send_attempt, next_link
+        )
+        return jsonify({"sid": sid})
+
+    @bp.post("/validate/<any(email, msisdn):medium>/submitToken")
+    def submit_token_post(medium: str) -> Response:
+        """POST /_matrix/identity/v2/validate/{email,msisdn}/submitToken"""
+        caller()
+        body = json_body(allow_form=not v2)
+        sid, client_secret, token = require_str(body, "sid", "client_secret", "token")
+        services().sessions.submit_token(sid, client_secret, token)
+        return jsonify({"success": True})
+
+    @bp.get("/validate/<any(email, msisdn):medium>/submitToken")
+    def submit_token_get(medium: str) -> Any:
+        """GET /_matrix/identity/v2/validate/{email,msisdn}/submitToken
+
+        A person opens this from a message, so it answers with an HTML page
+        (or a redirect to the session's next_link), never with JSON.
+        """
+        svc = services()
+        try:
+            sid, client_secret, token = require_str(
+                request.args, "sid", "client_secret", "token"
+            )
+            session = svc.sessions.submit_token(sid, client_secret, token)
+        except SessionExpired as exc:
+            return render_view(svc.notify.expired_view, {"ERROR": exc.error}, 400)
+        except MatrixError as exc:
+            return render_view(svc.config.failure_view, {"ERROR": exc.error}, 400)
+        next_link = safe_next_link(session.next_link)
+        if next_link:
+            return redirect(next_link, code=302)
+        return render_view(svc.config.success_view, {}, 200)
 
 
 def _add_v2_only(bp: Blueprint) -> None:

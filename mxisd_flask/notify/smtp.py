@@ -14,8 +14,9 @@ import smtplib
 import ssl
 from email.message import EmailMessage
 from email.parser import Parser
+from typing import ClassVar
 
-from mxisd_flask.config.sections import EmailConfig
+from mxisd_flask.config.sections import Config, EmailConfig
 from mxisd_flask.errors import NotifyError
 
 logger = logging.getLogger(__name__)
@@ -24,8 +25,15 @@ TIMEOUT_S = 20
 
 
 class SmtpMailSender:
+    medium: ClassVar[str] = "email"
+    name: ClassVar[str] = "smtp"
+
     def __init__(self, config: EmailConfig) -> None:
         self._config = config
+
+    @classmethod
+    def from_config(cls, config: Config) -> SmtpMailSender:
+        return cls(config.email)
 
     def send(self, recipient: str, rendered: str) -> None:
         """Hand one message to the SMTP server; raise NotifyError on failure."""
@@ -60,7 +68,10 @@ class SmtpMailSender:
         message = Parser(_class=EmailMessage, policy=email.policy.default).parsestr(
             rendered
         )
-        if not message.is_multipart():
+        if message.is_multipart():
+            _refresh_headers(message)
+            _reencode_text_parts(message)
+        else:
             message = _single_part(message)
         defaults = {
             "From": email.utils.formataddr(
@@ -85,7 +96,7 @@ def _single_part(parsed: EmailMessage) -> EmailMessage:
     Headers with non-ASCII text are RFC 2047-encoded on output; the body gets
     a transfer encoding chosen for its content, and long lines are wrapped.
     """
-    body = parsed.get_payload()
+    body = _text(parsed) if parsed.get_content_maintype() == "text" else ""
     fresh = EmailMessage(policy=email.policy.default)
     for name, value in parsed.items():
         if name.lower() not in (
@@ -95,11 +106,54 @@ def _single_part(parsed: EmailMessage) -> EmailMessage:
         ):
             fresh[name] = value
     fresh.set_content(
-        body if isinstance(body, str) else "",
+        str(body),
         subtype=parsed.get_content_subtype() or "plain",
         charset="utf-8",
     )
     return fresh
+
+
+def _refresh_headers(message: EmailMessage) -> None:
+    """Set the template's own headers anew, as _single_part does, so text
+    outside ASCII is RFC 2047-encoded on output."""
+    kept = [
+        (name, str(value))
+        for name, value in message.items()
+        if not name.lower().startswith("content-")
+    ]
+    for name in {name for name, _value in kept}:
+        del message[name]
+    for name, value in kept:
+        message[name] = value
+
+
+def _reencode_text_parts(message: EmailMessage) -> None:
+    """Give every text part of a multipart template a fresh UTF-8 encoding.
+
+    Templates are written in 8-bit text; re-encoding lets the email package
+    choose a 7-bit-safe transfer encoding for what the placeholders put in.
+    """
+    for part in message.walk():
+        if part.is_multipart() or part.get_content_maintype() != "text":
+            continue
+        if not isinstance(part, EmailMessage):
+            continue  # parsed with _class=EmailMessage: never taken
+        part.set_content(
+            _text(part),
+            subtype=part.get_content_subtype(),
+            charset="utf-8",
+            disposition=part.get_content_disposition(),
+        )
+
+
+def _text(part: EmailMessage) -> str:
+    """A text part's content. Parsed from text, an 8-bit part holds the
+    template's characters as they are; decoding them again would mangle
+    anything outside ASCII."""
+    encoding = str(part.get("Content-Transfer-Encoding", "7bit")).strip().lower()
+    if encoding in ("7bit", "8bit", "binary"):
+        return str(part.get_payload())
+    return str(part.get_content())
 
 
 def envelope_address(address: str) -> tuple[str, bool]:

@@ -9,7 +9,7 @@ from mxisd_flask.config.recursion import recursion_config
 from mxisd_flask.config.sections import Config
 from mxisd_flask.crypto.keys import load_or_create_signing_key
 from mxisd_flask.errors import ConfigError
-from mxisd_flask.notify.smtp import SmtpMailSender
+from mxisd_flask.notify.settings import NotifySettings, notify_settings
 from mxisd_flask.outbound import OutboundClient
 from mxisd_flask.services.accounts import AccountService, TermsService
 from mxisd_flask.services.auth import AuthService, auth_config
@@ -22,7 +22,11 @@ from mxisd_flask.services.invite import InviteService
 from mxisd_flask.services.keys import KeyService
 from mxisd_flask.services.lookup import LocalBindingProvider, LookupChain
 from mxisd_flask.services.lookups import LookupService
-from mxisd_flask.services.notifications import MailSender, NotificationService
+from mxisd_flask.services.notifications import (
+    MailSender,
+    NotificationService,
+    build_handlers,
+)
 from mxisd_flask.services.onbind import OnbindService, invite_config
 from mxisd_flask.services.pepper import PepperService
 from mxisd_flask.services.sessions import SessionService
@@ -54,6 +58,8 @@ class Services:
     onbind: OnbindService
     worker: BackgroundWorker
     directory: DirectoryService
+    notifications: NotificationService
+    notify: NotifySettings
 
 
 def build_services(
@@ -75,12 +81,7 @@ def build_services(
         build_timeout_s=config.values["hashing.index.buildTimeout"],
     )
     chain = LookupChain(LocalBindingProvider(db), stores, index)
-    notifications = NotificationService(
-        config.email,
-        mail_sender or SmtpMailSender(config.email),
-        config.domain,
-        config.server.public_url,
-    )
+    notifications = NotificationService(config, build_handlers(config, mail_sender))
     sessions = SessionService(
         db, notifications, clock, config.session_ttl_s, config.validation_enabled
     )
@@ -126,6 +127,8 @@ def build_services(
         onbind=onbind,
         worker=worker,
         directory=DirectoryService(stores, homeserver, directory_config(config.values)),
+        notifications=notifications,
+        notify=notify_settings(config),
     )
 
 

@@ -17,11 +17,11 @@ from mxisd_flask.errors import (
     Unrecognized,
     UnsupportedMedium,
 )
-from mxisd_flask.model import check_mxid, check_room_id, normalise_email, redact
+from mxisd_flask.model import check_mxid, check_room_id, normalise_address, redact
 from mxisd_flask.services.clock import Clock
 from mxisd_flask.services.keys import KeyService
 from mxisd_flask.services.lookup import LookupChain
-from mxisd_flask.services.notifications import NotificationService
+from mxisd_flask.services.notifications import INVITE, NotificationService
 from mxisd_flask.storage.db import Database
 from mxisd_flask.storage.invites import Invite, InviteStorage
 
@@ -64,9 +64,9 @@ class InviteService:
         extra: dict[str, str],
     ) -> dict[str, Any]:
         """Persist an invite, mail it, and answer with token and public keys."""
-        if medium != "email":
-            raise UnsupportedMedium("Only email invites are supported")
-        address = normalise_email(address)
+        if medium not in ("email", "msisdn"):
+            raise UnsupportedMedium("Only email and msisdn invites are supported")
+        address = normalise_address(medium, address)
         check_mxid(sender, "sender")
         check_room_id(room_id)
         mxid = self._chain.lookup(medium, address)
@@ -86,7 +86,7 @@ class InviteService:
             extra=extra,
             created_ts=self._clock(),
         )
-        self._notifications.send_invite(address, self._placeholders(invite))
+        self._notifications.notify(INVITE, medium, address, self._placeholders(invite))
         with self._db.write() as cur:
             self._storage.insert(cur, invite)
         logger.info(
@@ -97,7 +97,7 @@ class InviteService:
         )
         return {
             "token": token,
-            "display_name": redact_display_name(address),
+            "display_name": redact_display_name(medium, address),
             "public_keys": [
                 {
                     "public_key": self._keys.public_key,
@@ -146,7 +146,9 @@ class InviteService:
         return signed
 
 
-def redact_display_name(address: str) -> str:
+def redact_display_name(medium: str, address: str) -> str:
     """What the inviter's room shows instead of the invitee's full address."""
+    if medium == "msisdn":
+        return f"+{address[:3]}...{address[-2:]}"
     local, _, domain = address.rpartition("@")
     return f"{local[:3]}...@{domain[:3]}..."

@@ -1,82 +1,169 @@
-"""Renders mail templates and hands them to the mail sender."""
+"""Notifications: which handler tells a 3PID about an event, and how.
+
+``notification.handler.<medium>`` names the handler of each medium. The
+built-in one, ``raw`` (mxisd's name), renders the event's template and hands
+the result to the medium's connector (``threepid.medium.<medium>.connector``).
+A new transport (another SMS provider, say) is one connector class listed in
+CONNECTORS; a new way of notifying (a provider's own templates) is one
+handler class listed in HANDLERS.
+"""
 
 from __future__ import annotations
 
 import logging
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Protocol
 
-from mxisd_flask.config.sections import EmailConfig
-from mxisd_flask.errors import EmailSendError, NotifyError
+from mxisd_flask.config.sections import Config
+from mxisd_flask.errors import ConfigError, EmailSendError, NotifyError, SendError
 from mxisd_flask.model import redact
-from mxisd_flask.notify.templates import render_message, with_url_encoded
+from mxisd_flask.notify.base import Connector
+from mxisd_flask.notify.settings import MediumSettings, notify_settings
+from mxisd_flask.notify.smtp import SmtpMailSender
+from mxisd_flask.notify.templates import render_message, render_sms, with_url_encoded
+from mxisd_flask.notify.twilio import TwilioSmsSender
 
 logger = logging.getLogger(__name__)
 
+INVITE = "invite"
+VALIDATION = "session.validation"
+FRAUDULENT_UNBIND = "session.unbind.fraudulent"
+MATRIX_ID_INVITE = "generic.matrixId"
+
+# (medium, connector name) -> the connector class's from_config.
+CONNECTORS: dict[tuple[str, str], Callable[[Config], Connector | None]] = {
+    (cls.medium, cls.name): cls.from_config for cls in (SmtpMailSender, TwilioSmsSender)
+}
+
+# How a medium's template text becomes the content its connector sends.
+RENDERERS: dict[str, Callable[[str, Mapping[str, str]], str]] = {
+    "email": render_message,
+    "msisdn": render_sms,
+}
+
 
 class MailSender(Protocol):
-    def send(self, recipient: str, rendered: str) -> None: ...
+    """What create_app accepts in place of the configured email connector."""
+
+    def send(self, recipient: str, content: str) -> None: ...
+
+
+class NotificationHandler(Protocol):
+    """Tells one 3PID of one medium about an event; raises NotifyError."""
+
+    def notify(self, event: str, address: str, values: Mapping[str, str]) -> None: ...
+
+
+class TemplateHandler:
+    """The built-in handler: the event's template, through the connector."""
+
+    def __init__(self, settings: MediumSettings, connector: MailSender) -> None:
+        self._settings = settings
+        self._connector = connector
+        self._render = RENDERERS[settings.medium]
+
+    def notify(self, event: str, address: str, values: Mapping[str, str]) -> None:
+        with open(self._settings.templates[event], encoding="utf-8") as handle:
+            template = handle.read()
+        self._connector.send(address, self._render(template, with_url_encoded(values)))
+
+
+HandlerFactory = Callable[[MediumSettings, MailSender], NotificationHandler]
+HANDLERS: dict[str, HandlerFactory] = {"raw": TemplateHandler}
+
+
+def build_handlers(
+    config: Config, mail_sender: MailSender | None = None
+) -> dict[str, NotificationHandler]:
+    """One handler per medium that has a connector configured."""
+    handlers: dict[str, NotificationHandler] = {}
+    for medium, settings in notify_settings(config).media.items():
+        connector: MailSender | None = _connector(config, settings)
+        if medium == "email" and mail_sender is not None:
+            connector = mail_sender
+        if connector is None:
+            logger.warning("no connector configured medium=%s", medium)
+            continue
+        factory = HANDLERS.get(settings.handler)
+        if factory is None:
+            raise ConfigError(
+                f"notification.handler.{medium}: unknown handler {settings.handler}"
+                f" (known: {', '.join(sorted(HANDLERS))})"
+            )
+        handlers[medium] = factory(settings, connector)
+    return handlers
+
+
+def _connector(config: Config, settings: MediumSettings) -> Connector | None:
+    factory = CONNECTORS.get((settings.medium, settings.connector))
+    if factory is not None:
+        return factory(config)
+    known = ", ".join(name for medium, name in CONNECTORS if medium == settings.medium)
+    raise ConfigError(
+        f"threepid.medium.{settings.medium}.connector: unknown connector "
+        f"{settings.connector} (known: {known})"
+    )
 
 
 class NotificationService:
     def __init__(
-        self, config: EmailConfig, sender: MailSender, domain: str, public_url: str
+        self, config: Config, handlers: Mapping[str, NotificationHandler]
     ) -> None:
         self._config = config
-        self._sender = sender
-        self._domain = domain
-        self._public_url = public_url
+        self._handlers = handlers
+        media = notify_settings(config).media
+        self._placeholders = {medium: s.placeholders for medium, s in media.items()}
 
     def base_values(self, medium: str, address: str) -> dict[str, str]:
+        domain = self._config.domain
         values = {
-            "DOMAIN": self._domain,
-            "DOMAIN_PRETTY": self._domain[:1].upper() + self._domain[1:],
-            "FROM_EMAIL": self._config.from_address,
-            "FROM_NAME": self._config.from_name,
+            "DOMAIN": domain,
+            "DOMAIN_PRETTY": domain[:1].upper() + domain[1:].lower(),
+            "FROM_EMAIL": self._config.email.from_address,
+            "FROM_NAME": self._config.email.from_name,
             "RECIPIENT_MEDIUM": medium,
             "RECIPIENT_ADDRESS": address,
             "REGISTER_URL": "",
         }
-        values.update(self._config.placeholders)
+        values.update(self._placeholders.get(medium, {}))
         return values
 
     def send_validation(
-        self, address: str, sid: str, client_secret: str, token: str, next_link: str
+        self,
+        medium: str,
+        address: str,
+        sid: str,
+        client_secret: str,
+        token: str,
+        next_link: str,
     ) -> None:
         query = urllib.parse.urlencode(
             {"sid": sid, "client_secret": client_secret, "token": token}
         )
-        path = "/_matrix/identity/api/v1/validate/email/submitToken"
-        link = f"{self._public_url}{path}?{query}"
-        values = self.base_values("email", address)
-        values.update(
-            {"VALIDATION_LINK": link, "VALIDATION_TOKEN": token, "NEXT_URL": next_link}
-        )
-        self._send(address, self._config.validation_template, values, "validation")
+        path = f"/_matrix/identity/api/v1/validate/{medium}/submitToken"
+        values = {
+            "VALIDATION_LINK": f"{self._config.server.public_url}{path}?{query}",
+            "VALIDATION_TOKEN": token,
+            "NEXT_URL": next_link,
+        }
+        self.notify(VALIDATION, medium, address, values)
 
-    def send_invite(self, address: str, fields: Mapping[str, str]) -> None:
-        values = self.base_values("email", address)
-        values.update(fields)
-        self._send(address, self._config.invite_template, values, "invite")
-
-    def _send(
-        self, address: str, template: str, values: dict[str, str], kind: str
+    def notify(
+        self, event: str, medium: str, address: str, fields: Mapping[str, str]
     ) -> None:
-        rendered = render_message(_read(template), with_url_encoded(values))
+        """Send ``event`` to (medium, address); a client-readable error if not."""
+        failed = EmailSendError if medium == "email" else SendError
+        handler = self._handlers.get(medium)
+        if handler is None:
+            raise failed(f"This server cannot send {medium} notifications")
+        values = self.base_values(medium, address)
+        values.update(fields)
+        to = redact(medium, address)
         try:
-            self._sender.send(address, rendered)
+            handler.notify(event, address, values)
         except NotifyError as exc:
-            logger.error(
-                "notification failed kind=%s to=%s: %s",
-                kind,
-                redact("email", address),
-                exc,
-            )
-            raise EmailSendError("The email could not be sent") from exc
-        logger.info("notification sent kind=%s to=%s", kind, redact("email", address))
-
-
-def _read(path: str) -> str:
-    with open(path, encoding="utf-8") as handle:
-        return handle.read()
+            logger.error("notification failed kind=%s to=%s: %s", event, to, exc)
+            noun = "email" if medium == "email" else "message"
+            raise failed(f"The {noun} could not be sent") from exc
+        logger.info("notification sent kind=%s to=%s", event, to)

@@ -19,6 +19,7 @@ from mxisd_flask.model import (
     check_client_secret,
     check_next_link,
     normalise_email,
+    parse_msisdn,
     redact,
 )
 from mxisd_flask.services.clock import Clock
@@ -29,6 +30,10 @@ from mxisd_flask.storage.sessions import SessionStorage, ValidationSession
 logger = logging.getLogger(__name__)
 
 MAX_SEND_ATTEMPT = 2**53
+SMS_TOKEN_DIGITS = 6
+# Wrong tokens a session takes before its token is void: a 6-digit code must
+# not be guessable by trying. A new send_attempt sends a fresh token.
+MAX_FAILED_SUBMITS = 5
 
 
 @dataclass(frozen=True)
@@ -54,34 +59,42 @@ class SessionService:
         self._enabled = enabled
         self._storage = SessionStorage()
 
-    def request_email_token(
-        self, client_secret: str, email: str, send_attempt: int, next_link: str | None
+    def request_token(
+        self,
+        medium: str,
+        client_secret: str,
+        address: str,
+        send_attempt: int,
+        next_link: str | None,
     ) -> str:
-        """Create (or reuse) a session and mail its token; returns the sid.
+        """Create (or reuse) a session and send its token; returns the sid.
 
-        The mail is handed to the SMTP server before anything is stored, so a
-        failed send leaves no session behind.
+        ``address`` is already normalised. The message is handed to its
+        transport before anything is stored, so a failed send leaves no
+        session behind and its token can never validate.
         """
         if not self._enabled:
-            raise Forbidden("3PID validation sessions are disabled on this server")
+            raise Forbidden(
+                "3PID validation sessions are disabled on this server "
+                "(session.policy.validation.enabled is false)"
+            )
         check_client_secret(client_secret)
         if not 0 <= send_attempt < MAX_SEND_ATTEMPT:
             raise InvalidParam("send_attempt is out of range")
-        address = normalise_email(email)
         check_next_link(next_link)
         now = self._clock()
 
         with self._db.read() as cur:
-            existing = self._storage.find(cur, client_secret, "email", address)
+            existing = self._storage.find(cur, client_secret, medium, address)
         if existing and self._expired(existing, now):
             existing = None
         if existing and send_attempt <= existing.send_attempt:
             return existing.sid
 
         sid = existing.sid if existing else secrets.token_urlsafe(16)
-        token = existing.token if existing else secrets.token_urlsafe(24)
+        token = self._token_for(medium, existing)
         self._notifications.send_validation(
-            address, sid, client_secret, token, next_link or ""
+            medium, address, sid, client_secret, token, next_link or ""
         )
         with self._db.write() as cur:
             if existing:
@@ -92,7 +105,7 @@ class SessionService:
                     ValidationSession(
                         sid,
                         client_secret,
-                        "email",
+                        medium,
                         address,
                         token,
                         send_attempt,
@@ -102,8 +115,40 @@ class SessionService:
                         now,
                     ),
                 )
-        logger.info("session created sid=%s to=%s", sid, redact("email", address))
+        logger.info("session created sid=%s to=%s", sid, redact(medium, address))
         return sid
+
+    def request_email_token(
+        self, client_secret: str, email: str, send_attempt: int, next_link: str | None
+    ) -> str:
+        """requestToken for an email address (checked and lower-cased)."""
+        address = normalise_email(email)
+        return self.request_token(
+            "email", client_secret, address, send_attempt, next_link
+        )
+
+    def request_msisdn_token(
+        self,
+        client_secret: str,
+        country: str,
+        phone_number: str,
+        send_attempt: int,
+        next_link: str | None,
+    ) -> str:
+        """requestToken for a phone number, normalised to E.164 digits."""
+        address = parse_msisdn(country, phone_number)
+        return self.request_token(
+            "msisdn", client_secret, address, send_attempt, next_link
+        )
+
+    def _token_for(self, medium: str, existing: ValidationSession | None) -> str:
+        """A mail resend repeats its token, so an older mail's link still
+        works; an SMS resend gets a fresh code, short codes living shortly."""
+        if medium == "msisdn":
+            return f"{secrets.randbelow(10**SMS_TOKEN_DIGITS):0{SMS_TOKEN_DIGITS}d}"
+        if existing and existing.token:
+            return existing.token
+        return secrets.token_urlsafe(24)
 
     def submit_token(
         self, sid: str, client_secret: str, token: str
@@ -112,13 +157,19 @@ class SessionService:
         now = self._clock()
         with self._db.write() as cur:
             session = self._get(cur, sid, client_secret, now)
-            if not hmac.compare_digest(session.token.encode(), token.encode()):
-                raise TokenIncorrect("The token is incorrect")
-            if session.validated_ts is None:
+            # An empty token was voided by too many wrong ones: nothing matches.
+            correct = bool(session.token) and hmac.compare_digest(
+                session.token.encode(), token.encode()
+            )
+            if not correct:
+                self._storage.record_failed_submit(cur, sid, MAX_FAILED_SUBMITS)
+            elif session.validated_ts is None:
                 self._storage.mark_validated(cur, sid, now)
                 logger.info("session validated sid=%s medium=%s", sid, session.medium)
             else:
                 self._storage.touch(cur, sid, now)
+        if not correct:
+            raise TokenIncorrect("The token is incorrect")
         return session
 
     def validated_threepid(self, sid: str, client_secret: str) -> ValidatedThreePid:

@@ -87,6 +87,8 @@ MIGRATIONS: list[list[str]] = [
             updated_ts BIGINT NOT NULL)""",
         "CREATE INDEX invite_deliveries_due ON invite_deliveries (state, next_ts)",
     ],
+    # 3: wrong tokens submitted to a session (issue #5: short SMS codes).
+    ["ALTER TABLE sessions ADD COLUMN failed_submits INTEGER NOT NULL DEFAULT 0"],
 ]
 
 

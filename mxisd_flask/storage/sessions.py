@@ -65,8 +65,8 @@ class SessionStorage:
         self, cur: Cursor, sid: str, token: str, send_attempt: int, now_ms: int
     ) -> None:
         cur.execute(
-            "UPDATE sessions SET token = ?, send_attempt = ?, last_ts = ? "
-            "WHERE sid = ?",
+            "UPDATE sessions SET token = ?, send_attempt = ?, last_ts = ?, "
+            "failed_submits = 0 WHERE sid = ?",
             (token, send_attempt, now_ms, sid),
         )
 
@@ -78,3 +78,12 @@ class SessionStorage:
 
     def touch(self, cur: Cursor, sid: str, now_ms: int) -> None:
         cur.execute("UPDATE sessions SET last_ts = ? WHERE sid = ?", (now_ms, sid))
+
+    def record_failed_submit(self, cur: Cursor, sid: str, limit: int) -> None:
+        """Count a wrong token; at ``limit`` the token is void (emptied)."""
+        cur.execute(
+            "UPDATE sessions SET failed_submits = failed_submits + 1, "
+            "token = CASE WHEN failed_submits + 1 >= ? THEN '' ELSE token END "
+            "WHERE sid = ?",
+            (limit, sid),
+        )
