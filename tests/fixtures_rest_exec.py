@@ -9,69 +9,39 @@ misbehave per path. The exec store's scripts live in ``tests/exec/``.
 from __future__ import annotations
 
 import json
-import re
 import sys
 import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import mxisd_backend
 import pytest
 from flask.testing import FlaskClient
 
-from conftest import V1, V2, Homeserver, bearer, register
+from conftest import V1, V2, Homeserver, bearer, deep_merge, register
 from mxisd_flask.config import Config, parse_config
 
 EXEC_DIR = Path(__file__).resolve().parent / "exec"
 API = "/_mxisd/backend/api/v1"
-
-
-@dataclass
-class BackendUser:
-    localpart: str
-    password: str
-    display_name: str
-    threepids: list[tuple[str, str]]
-    roles: list[str] = field(default_factory=list)
-    # How lookups name the user: mxisd allows a localpart or a whole mxid.
-    id_type: str = "localpart"
-
-    def user_id(self) -> dict[str, str]:
-        if self.id_type == "mxid":
-            return {"type": "mxid", "value": f"@{self.localpart}:example.org"}
-        return {"type": "localpart", "value": self.localpart}
-
-
-# Addresses kept the way a directory would hold them: mixed case, '+' and
-# spaces, so the tests see our side normalise what comes back.
-USERS = [
-    BackendUser(
-        "dave",
-        "dave-pw",
-        "Dave Bowman",
-        [("email", "Dave.Bowman@Example.ORG"), ("msisdn", "+44 7700 900001")],
-        ["staff", "pilots"],
-    ),
-    BackendUser(
-        "Erin",
-        "erin-pw",
-        "Erin Example",
-        [("email", "erin@example.org"), ("employee", "E-1002")],
-        id_type="mxid",
-    ),
-]
-
-
-def backend_key(medium: str, address: str) -> tuple[str, str]:
-    """How the backend itself matches addresses (case-blind, digits only)."""
-    if medium == "email":
-        return medium, address.lower()
-    if medium == "msisdn":
-        return medium, re.sub(r"\D", "", address)
-    return medium, address
+# Dave as our side must see him: canonical mxid, normalised 3PIDs.
+DAVE = "@dave:example.org"
+DAVE_THREEPIDS = (("email", "dave.bowman@example.org"), ("msisdn", "447700900001"))
+# A bulk lookup for memory's Alice, Dave in the client's own spelling, and
+# nobody; and what the answer must be.
+BULK_QUESTION = (
+    ("email", "alice@example.org"),
+    ("email", "Dave.Bowman@example.org"),
+    ("msisdn", "+44 7700 900001"),
+    ("email", "nobody@example.org"),
+)
+BULK_ANSWER = {
+    ("email", "alice@example.org", "@alice:example.org"),
+    ("email", "Dave.Bowman@example.org", DAVE),
+    ("msisdn", "+44 7700 900001", DAVE),
+}
 
 
 class RestBackend:
@@ -82,7 +52,6 @@ class RestBackend:
     """
 
     def __init__(self) -> None:
-        self.users = {u.localpart.lower(): u for u in USERS}
         self.requests: list[tuple[str, Any]] = []
         self.fail: dict[str, str] = {}
         self.slow_s = 1.0
@@ -99,23 +68,12 @@ class RestBackend:
         self.server.shutdown()
         self.server.server_close()
 
-    def find(self, medium: str, address: str) -> BackendUser | None:
-        wanted = backend_key(medium, address)
-        for user in self.users.values():
-            if wanted in (backend_key(m, a) for m, a in user.threepids):
-                return user
-        return None
-
-    def user_of(self, body: dict[str, Any]) -> BackendUser | None:
-        user = self.users.get(str(body.get("localpart", "")).lower())
-        return user if user and body.get("domain") == "example.org" else None
-
     def answer(self, path: str, body: Any) -> tuple[int, Any]:
         """The status and JSON mxisd's API gives for ``body`` at ``path``."""
         route = ROUTES.get(path.removeprefix(API))
         if route is None:
             return 404, {"error": "no such endpoint"}
-        return 200, route(self, body)
+        return 200, route(body)
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         outer = self
@@ -155,88 +113,14 @@ class RestBackend:
         return Handler
 
 
-def _single(backend: RestBackend, body: Any) -> Any:
-    lookup = body["lookup"]
-    user = backend.find(lookup["medium"], lookup["address"])
-    if user is None:
-        return {}
-    return {"lookup": {**lookup, "id": user.user_id()}}
-
-
-def _bulk(backend: RestBackend, body: Any) -> Any:
-    found = []
-    for item in body["lookup"]:
-        user = backend.find(item["medium"], item["address"])
-        if user is not None:
-            # Answer with the backend's own spelling of the address.
-            stored = next(
-                a
-                for m, a in user.threepids
-                if backend_key(m, a) == backend_key(item["medium"], item["address"])
-            )
-            found.append(
-                {"medium": item["medium"], "address": stored, "id": user.user_id()}
-            )
-    return {"lookup": found}
-
-
-def _auth(backend: RestBackend, body: Any) -> Any:
-    auth = body["auth"]
-    user = backend.user_of(auth)
-    if user is None or auth.get("password") != user.password:
-        return {"auth": {"success": False}}
-    threepids = [{"medium": m, "address": a} for m, a in user.threepids]
-    return {
-        "auth": {
-            "success": True,
-            "id": user.user_id(),
-            "profile": {"display_name": user.display_name, "three_pids": threepids},
-        }
-    }
-
-
-def _directory(backend: RestBackend, body: Any) -> Any:
-    term = str(body["search_term"]).lower()
-    results = []
-    for user in backend.users.values():
-        if body["by"] == "threepid":
-            hit = any(term in a.lower() for _, a in user.threepids)
-        else:
-            hit = term in user.display_name.lower()
-        if hit:
-            results.append(
-                {
-                    "user_id": user.localpart,
-                    "display_name": user.display_name,
-                    "avatar_url": f"mxc://example.org/{user.localpart}",
-                }
-            )
-    return {"limited": False, "results": results}
-
-
-def _profile_route(fieldname: str) -> Any:
-    def route(backend: RestBackend, body: Any) -> Any:
-        user = backend.user_of(body)
-        if user is None:
-            return {"profile": {}}
-        values: dict[str, Any] = {
-            "display_name": user.display_name,
-            "threepids": [{"medium": m, "address": a} for m, a in user.threepids],
-            "roles": user.roles,
-        }
-        return {"profile": {fieldname: values[fieldname]}}
-
-    return route
-
-
-ROUTES = {
-    "/identity/single": _single,
-    "/identity/bulk": _bulk,
-    "/auth/login": _auth,
-    "/directory/user/search": _directory,
-    "/profile/displayName": _profile_route("display_name"),
-    "/profile/threepids": _profile_route("threepids"),
-    "/profile/roles": _profile_route("roles"),
+ROUTES: dict[str, Callable[[dict[str, Any]], Any]] = {
+    "/identity/single": lambda body: mxisd_backend.single(body["lookup"]),
+    "/identity/bulk": mxisd_backend.bulk,
+    "/auth/login": lambda body: mxisd_backend.auth(body["auth"]),
+    "/directory/user/search": mxisd_backend.directory,
+    "/profile/displayName": mxisd_backend.profile("display_name"),
+    "/profile/threepids": mxisd_backend.profile("threepids"),
+    "/profile/roles": mxisd_backend.profile("roles"),
 }
 
 
@@ -245,11 +129,6 @@ def rest_backend() -> Iterator[RestBackend]:
     backend = RestBackend()
     yield backend
     backend.close()
-
-
-def exec_script(name: str) -> list[str]:
-    """The command and first argument that run ``tests/exec/<name>``."""
-    return [sys.executable, str(EXEC_DIR / name)]
 
 
 def store_config(**sections: Any) -> Config:
@@ -301,3 +180,91 @@ def v2_none_lookup(
     )
     assert response.status_code == 200
     return response.get_json()["mappings"]
+
+
+IDENTITY_SCRIPT = str(EXEC_DIR / "identity.py")
+MISBEHAVE_SCRIPT = str(EXEC_DIR / "misbehave.sh")
+
+
+def exec_action(action: str, fmt: str = "json", **extra: Any) -> dict[str, Any]:
+    """An exec action running tests/exec/identity.py for ``action``."""
+    output = fmt if action in ("auth", "single") else "json"
+    return {
+        "command": sys.executable,
+        "args": [IDENTITY_SCRIPT, action, fmt],
+        "input": {"type": fmt},
+        "output": {"type": output},
+        **extra,
+    }
+
+
+def exec_section(fmt: str = "json", **extra: Any) -> dict[str, Any]:
+    """The ``exec`` section with every action answered by identity.py."""
+    section = {
+        "enabled": True,
+        "timeout": 5,
+        "auth": exec_action("auth", fmt),
+        "directory": {"search": {"byName": exec_action("directory", fmt)}},
+        "identity": {
+            "lookup": {
+                "single": exec_action("single", fmt),
+                "bulk": exec_action("bulk", fmt),
+            }
+        },
+        "profile": {
+            "displayName": exec_action("displayName", fmt),
+            "threePid": exec_action("threepids", fmt),
+            "role": exec_action("roles", fmt),
+        },
+    }
+    return deep_merge(section, extra)
+
+
+def misbehaving(how: str, *args: str) -> dict[str, Any]:
+    """An exec action running tests/exec/misbehave.sh with sh."""
+    return {"command": "/bin/sh", "args": [MISBEHAVE_SCRIPT, how, *args]}
+
+
+class ExecRecord:
+    """What identity.py was given, one entry per run (argv, env, stdin)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def env(self) -> dict[str, str]:
+        """The environment entry that makes identity.py record its runs."""
+        return {"EXEC_RECORD": str(self.path)}
+
+    def runs(self) -> list[dict[str, Any]]:
+        if not self.path.exists():
+            return []
+        lines = self.path.read_text(encoding="utf-8").splitlines()
+        return [json.loads(line) for line in lines]
+
+
+@pytest.fixture
+def exec_record(tmp_path: Path) -> ExecRecord:
+    return ExecRecord(tmp_path / "exec-record.jsonl")
+
+
+CHECK_CREDENTIALS = "/_matrix-internal/identity/v1/check_credentials"
+# What check_credentials answers for Dave: the stores' profile, normalised.
+DAVE_ACCEPTED = {
+    "auth": {
+        "success": True,
+        "id": {"type": "mxid", "value": DAVE},
+        "profile": {
+            "display_name": "Dave Bowman",
+            "three_pids": [{"medium": m, "address": a} for m, a in DAVE_THREEPIDS],
+        },
+    }
+}
+
+
+def check_credentials(client: FlaskClient, user_id: str, password: str) -> Any:
+    """Synapse's password check through our internal endpoint."""
+    response = client.post(
+        CHECK_CREDENTIALS, json={"user": {"id": user_id, "password": password}}
+    )
+    assert response.status_code == 200
+    return response.get_json()

@@ -9,8 +9,14 @@ from typing import Any
 import pytest
 from fixtures_rest_exec import (
     API,
+    BULK_ANSWER,
+    BULK_QUESTION,
+    DAVE,
+    DAVE_ACCEPTED,
+    DAVE_THREEPIDS,
     RestBackend,
     bulk,
+    check_credentials,
     rest_section,
     store_config,
     v1_lookup,
@@ -30,9 +36,6 @@ from mxisd_flask.app import create_app
 from mxisd_flask.errors import ConfigError, StoreError
 from mxisd_flask.stores import rest
 from mxisd_flask.stores.base import AuthResult, Capability, DirectoryEntry, Profile
-
-DAVE = "@dave:example.org"
-DAVE_THREEPIDS = (("email", "dave.bowman@example.org"), ("msisdn", "447700900001"))
 
 
 @pytest.fixture
@@ -99,19 +102,7 @@ def test_v1_lookup_unknown_to_every_store_is_empty(
 def test_bulk_lookup_asks_the_bulk_endpoint_for_what_memory_did_not_know(
     rest_client: FlaskClient, rest_backend: RestBackend
 ) -> None:
-    found = bulk(
-        rest_client,
-        ("email", "alice@example.org"),
-        ("email", "Dave.Bowman@example.org"),
-        ("msisdn", "+44 7700 900001"),
-        ("email", "nobody@example.org"),
-    )
-
-    assert found == {
-        ("email", "alice@example.org", "@alice:example.org"),
-        ("email", "Dave.Bowman@example.org", DAVE),
-        ("msisdn", "+44 7700 900001", DAVE),
-    }
+    assert bulk(rest_client, *BULK_QUESTION) == BULK_ANSWER
     assert rest_backend.requests == [
         (
             f"{API}/identity/bulk",
@@ -368,3 +359,19 @@ def test_a_capability_can_be_switched_off(rest_backend: RestBackend) -> None:
 
 def test_the_store_is_off_unless_enabled(rest_backend: RestBackend) -> None:
     assert rest.from_config(store_config(rest={"host": rest_backend.url})) is None
+
+
+def test_synapse_password_check_goes_to_the_rest_backend(
+    rest_client: FlaskClient,
+    rest_backend: RestBackend,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    refused = {"auth": {"success": False}}
+    assert check_credentials(rest_client, "@Dave:example.org", "dave-pw") == (
+        DAVE_ACCEPTED
+    )
+    assert check_credentials(rest_client, "dave", "wrong") == refused
+
+    rest_backend.fail[f"{API}/auth/login"] = "500"
+    assert check_credentials(rest_client, "dave", "dave-pw") == refused
+    assert any("auth store failed store=rest" in r.getMessage() for r in caplog.records)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from mxisd_flask.config.sections import Config
-from mxisd_flask.stores import ldap, memory, rest, sql, synapse_sql
+from mxisd_flask.stores import exec_store, ldap, memory, rest, sql, synapse_sql
 from mxisd_flask.stores.base import IdentityStore
 
 Factory = Callable[[Config], IdentityStore | None]
@@ -21,6 +21,7 @@ FACTORIES: list[Factory] = [
     ldap.from_config,
     sql.from_config,
     synapse_sql.from_config,
+    exec_store.from_config,
 ]
 
 

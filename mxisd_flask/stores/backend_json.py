@@ -10,8 +10,8 @@ then asks the next store) rather than a TypeError deep in a view.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 from mxisd_flask.errors import MatrixError, StoreError
 from mxisd_flask.model import MXID_RE, normalise_address
@@ -19,6 +19,10 @@ from mxisd_flask.stores.base import AuthResult, DirectoryEntry, Profile, ThreePi
 
 logger = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
+# 3PIDs per bulk request, so an answer stays well below a 1 MiB read limit.
+BULK_CHUNK = 500
 # mxisd's user id types; "uid" is the name its first exec store used.
 LOCALPART_TYPES = ("localpart", "uid")
 MXID_TYPES = ("mxid",)
@@ -141,13 +145,17 @@ def _profile_fields(data: dict[str, Any], threepid_keys: Sequence[str]) -> Profi
     return Profile(name or None, threepids, tuple(roles))
 
 
-def parse_auth(body: object, mxid: str, domain: str) -> AuthResult | None:
+def parse_auth(
+    body: object, mxid: str, domain: str, assume_success: bool = False
+) -> AuthResult | None:
     """``{"auth": {"success", "id"?, "profile"?}}``; None when refused.
 
-    ``success`` must be true: an answer that does not say so is a refusal.
+    Without ``assume_success`` (the REST store) an answer must say
+    ``"success": true``; the exec store has its exit status say it, and the
+    answer may then only take it back with ``"success": false``.
     """
     auth = _object(_object(body, "answer").get("auth"), "auth")
-    if auth.get("success") is not True:
+    if auth.get("success", assume_success) is not True:
         return None
     if auth.get("id") is not None:
         mxid = _id_of(auth, domain)
@@ -194,3 +202,35 @@ def merge_profiles(parts: Sequence[Profile | None]) -> Profile | None:
     threepids = tuple(dict.fromkeys(tp for p in known for tp in p.threepids))
     roles = tuple(dict.fromkeys(r for p in known for r in p.roles))
     return Profile(name, threepids, roles)
+
+
+def _only_name(found: Profile) -> Profile:
+    return Profile(display_name=found.display_name)
+
+
+def _only_threepids(found: Profile) -> Profile:
+    return Profile(threepids=found.threepids)
+
+
+def _only_roles(found: Profile) -> Profile:
+    return Profile(roles=found.roles)
+
+
+def ask_profile(targets: Sequence[T | None], ask: Callable[[T], Any]) -> Profile | None:
+    """A user's profile from the name, 3PIDs and roles questions, in order.
+
+    ``targets`` says where each question goes (None: not configured);
+    ``ask`` sends the user request there and gives the answer body, or None
+    for "not found". Like mxisd, only the field asked for is read from each
+    answer.
+    """
+    parts = []
+    for target, keep in zip(
+        targets, (_only_name, _only_threepids, _only_roles), strict=True
+    ):
+        if target is None:
+            continue
+        body = ask(target)
+        found = None if body is None else parse_profile(body)
+        parts.append(None if found is None else keep(found))
+    return merge_profiles(parts)

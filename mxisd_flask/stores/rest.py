@@ -38,7 +38,6 @@ from mxisd_flask.stores.base import (
 logger = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 1 << 20
-BULK_CHUNK = 500  # 3PIDs per bulk request, so an answer stays below the cap
 ENDPOINTS = {
     "auth": "rest.endpoints.auth",
     "directory": "rest.endpoints.directory",
@@ -154,8 +153,8 @@ class RestIdentityStore(IdentityStore):
         if not self.config.bulk:
             return super().bulk_lookup(threepids)
         found: dict[ThreePid, str] = {}
-        for start in range(0, len(threepids), BULK_CHUNK):
-            chunk = threepids[start : start + BULK_CHUNK]
+        for start in range(0, len(threepids), backend_json.BULK_CHUNK):
+            chunk = threepids[start : start + backend_json.BULK_CHUNK]
             body = self._post(self.config.bulk, backend_json.bulk_request(chunk))
             if body is not None:
                 found.update(backend_json.parse_bulk(body, self.domain, chunk))
@@ -179,18 +178,10 @@ class RestIdentityStore(IdentityStore):
 
     def profile(self, mxid: str) -> Profile | None:
         request = backend_json.user_parts(mxid)
-        parts = []
-        for url, keep in (
-            (self.config.display_name, _name_only),
-            (self.config.threepids, _threepids_only),
-            (self.config.roles, _roles_only),
-        ):
-            if not url:
-                continue
-            body = self._post(url, request)
-            found = None if body is None else backend_json.parse_profile(body)
-            parts.append(None if found is None else keep(found))
-        return backend_json.merge_profiles(parts)
+        urls = (self.config.display_name, self.config.threepids, self.config.roles)
+        return backend_json.ask_profile(
+            [url or None for url in urls], lambda url: self._post(url, request)
+        )
 
     def close(self) -> None:
         self._session.close()
@@ -239,16 +230,3 @@ def _redact(url: str) -> str:
     if parts.port:
         netloc = f"{netloc}:{parts.port}"
     return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", ""))
-
-
-# Each profile endpoint answers one question; mxisd reads only that field.
-def _name_only(found: Profile) -> Profile:
-    return Profile(display_name=found.display_name)
-
-
-def _threepids_only(found: Profile) -> Profile:
-    return Profile(threepids=found.threepids)
-
-
-def _roles_only(found: Profile) -> Profile:
-    return Profile(roles=found.roles)
