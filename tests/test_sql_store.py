@@ -4,6 +4,7 @@ PostgreSQL and MariaDB (``org_db``), and Synapse's tables (``synapse_db``)."""
 from __future__ import annotations
 
 import logging
+import random
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -609,3 +610,23 @@ def test_listed_emails_normalise_as_lookups_do(address: str) -> None:
         expected = None
 
     assert normalise_listed("email", address) == expected
+
+
+def test_listed_emails_agree_with_lookups_on_random_addresses() -> None:
+    chars = "aaaaZZZ000._+-'@x"
+    rng = random.Random(3)
+    parts = ["", "a", "B.c", "x--y", "xn--a", "-a", "a-", "1", "local", "test"]
+    parts += ["ORG", "example", "Co.Uk", "mail-1", "com"]
+    disagree = []
+    for _ in range(3000):
+        local = "".join(rng.choice(chars) for _ in range(rng.randint(0, 6)))
+        labels = [rng.choice(parts) for _ in range(rng.randint(1, 3))]
+        address = f"{local}@{'.'.join(labels)}"
+        try:
+            expected: str | None = normalise_address("email", address)
+        except MatrixError:
+            expected = None
+        if normalise_listed("email", address) != expected:
+            disagree.append(address)
+
+    assert disagree == []

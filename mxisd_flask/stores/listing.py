@@ -17,35 +17,26 @@ from email_validator import SPECIAL_USE_DOMAIN_NAMES
 from mxisd_flask.errors import MatrixError
 from mxisd_flask.model import normalise_address
 
-# A strict subset of RFC 5322 dot-atoms over a DNS name with an alphabetic
-# top-level label: what email_validator accepts and only lower-cases.
+# A strict subset of RFC 5322 dot-atoms (64 characters at most) over a DNS
+# name with an alphabetic top-level label that is not a special-use one and
+# no IDNA ("xn--") label: what email_validator accepts and only lower-cases.
 _PLAIN_EMAIL = re.compile(
-    r"[a-z0-9_+\-]{1,64}(?:\.[a-z0-9_+\-]+)*"
-    r"@(?:[a-z0-9](?:[a-z0-9\-]{0,61}[a-z0-9])?\.)+([a-z]{2,63})"
+    r"(?!.*xn--)(?=[^@]{1,64}@)"
+    r"[a-z0-9_+\-]+(?:\.[a-z0-9_+\-]+)*"
+    r"@(?:[a-z0-9](?:[a-z0-9\-]{0,61}[a-z0-9])?\.)+"
+    rf"(?!(?:{'|'.join(map(re.escape, SPECIAL_USE_DOMAIN_NAMES))})$)[a-z]{{2,63}}"
 )
-_SPECIAL_TLDS = frozenset(SPECIAL_USE_DOMAIN_NAMES)
 
 
 def normalise_listed(medium: object, address: object) -> str | None:
     """``address`` normalised for ``medium``, or None if it is not valid."""
     if not isinstance(medium, str) or not isinstance(address, str):
         return None
-    if medium == "email":
-        quick = _plain_email(address)
-        if quick is not None:
-            return quick
+    if medium == "email" and address.isascii() and len(address) <= 254:
+        lowered = address.lower()
+        if _PLAIN_EMAIL.fullmatch(lowered):
+            return lowered
     try:
         return normalise_address(medium, address)
     except MatrixError:
         return None
-
-
-def _plain_email(address: str) -> str | None:
-    if not address.isascii() or len(address) > 254:
-        return None
-    lowered = address.lower()
-    match = _PLAIN_EMAIL.fullmatch(lowered)
-    if match is None or match.group(1) in _SPECIAL_TLDS or "xn--" in lowered:
-        return None
-    local = lowered.partition("@")[0]
-    return lowered if len(local) <= 64 else None

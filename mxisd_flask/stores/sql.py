@@ -235,11 +235,16 @@ class SqlIdentityStore(IdentityStore):
         listing = self.section.listing
         if listing is None:
             return
-        for mxid, medium, address in self.db.stream(listing):
-            mxid = self._user(mxid, "mxid")
-            address = normalise_listed(medium, address)
-            if mxid is not None and address is not None:
-                yield medium, address, mxid
+        # A user's rows usually come together: check each user id once per
+        # run of rows, and hand the index one string per user.
+        last_raw: Any = None
+        mxid: str | None = None
+        for raw, medium, address in self.db.stream(listing):
+            if raw != last_raw:
+                last_raw, mxid = raw, self._user(raw, "mxid")
+            normalised = normalise_listed(medium, address)
+            if mxid is not None and normalised is not None:
+                yield medium, normalised, mxid
 
     # DIRECTORY
 
