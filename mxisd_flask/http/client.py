@@ -10,9 +10,15 @@ from __future__ import annotations
 from flask import Blueprint, Response, jsonify, request
 
 from mxisd_flask.errors import InvalidParam, MissingParams, Unauthorized
-from mxisd_flask.http.request import access_token, json_body, services
+from mxisd_flask.http.request import (
+    access_token,
+    client_address,
+    json_body,
+    services,
+)
 from mxisd_flask.outbound import Relayed
 from mxisd_flask.services.directory import SearchRequest
+from mxisd_flask.services.login import LoginRequest
 
 bp = Blueprint("client", __name__, url_prefix="/_matrix/client")
 
@@ -39,6 +45,25 @@ def user_directory_search(version: str) -> Response:
         SearchRequest(version, request.host, token, body, term, limit)
     )
     return relayed(answer) if isinstance(answer, Relayed) else jsonify(answer)
+
+
+@bp.get("/<any(r0, v3):version>/login")
+def login_flows(version: str) -> Response:
+    """GET /_matrix/client/v3/login"""
+    answer = services().login.flows(version, request.host, request.query_string)
+    return relayed(answer)
+
+
+@bp.post("/<any(r0, v3):version>/login")
+def login(version: str) -> Response:
+    """POST /_matrix/client/v3/login"""
+    headers = {"X-Forwarded-For": client_address()}
+    if request.user_agent.string:
+        headers["User-Agent"] = request.user_agent.string
+    answer = services().login.login(
+        LoginRequest(version, request.host, request.get_data(), headers)
+    )
+    return relayed(answer)
 
 
 def relayed(answer: Relayed) -> Response:

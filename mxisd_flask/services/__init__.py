@@ -20,6 +20,7 @@ from mxisd_flask.services.hash_index import HashIndex
 from mxisd_flask.services.homeserver_client import HomeserverClient, client_overrides
 from mxisd_flask.services.invite import InviteService
 from mxisd_flask.services.keys import KeyService
+from mxisd_flask.services.login import LoginService, rewrite_rules
 from mxisd_flask.services.lookup import LocalBindingProvider, LookupChain
 from mxisd_flask.services.lookups import LookupService
 from mxisd_flask.services.notifications import (
@@ -60,6 +61,7 @@ class Services:
     directory: DirectoryService
     notifications: NotificationService
     notify: NotifySettings
+    login: LoginService
 
 
 def build_services(
@@ -129,6 +131,9 @@ def build_services(
         directory=DirectoryService(stores, homeserver, directory_config(config.values)),
         notifications=notifications,
         notify=notify_settings(config),
+        login=LoginService(
+            chain.lookup, homeserver, rewrite_rules(config.values), config.domain
+        ),
     )
 
 

@@ -41,5 +41,7 @@ KEYS.update(
         "directory.exclude.homeserver": ((bool,), False),
         # Do not match directory searches against 3PIDs.
         "directory.exclude.threepid": ((bool,), False),
+        # [{regex, medium}]: user names matching regex are 3PIDs of medium.
+        "auth.rewrite.user.rules": ((list,), []),
     }
 )
