@@ -438,6 +438,13 @@ def ldap_app(
     services.db.close()
 
 
+def token_and_pepper(client: FlaskClient, homeserver: Homeserver) -> tuple[str, str]:
+    """An access token of ours, and the current lookup pepper."""
+    token = register(client, homeserver, "@someone:example.org")
+    details = client.get(f"{V2}/hash_details", headers=bearer(token)).get_json()
+    return token, str(details["lookup_pepper"])
+
+
 def test_v1_lookup_through_the_app(ldap_app: Flask) -> None:
     client = ldap_app.test_client()
 
@@ -473,10 +480,7 @@ def test_v2_none_lookup_asks_the_directory(
     ldap_app: Flask, homeserver: Homeserver
 ) -> None:
     client = ldap_app.test_client()
-    token = register(client, homeserver, "@someone:example.org")
-    pepper = client.get(f"{V2}/hash_details", headers=bearer(token)).get_json()[
-        "lookup_pepper"
-    ]
+    token, pepper = token_and_pepper(client, homeserver)
     addresses = ["Dave.Upper@example.org email", "+44 20 7946 0000 msisdn"]
 
     response = client.post(
@@ -494,10 +498,7 @@ def test_v2_hashed_lookup_finds_ldap_users_through_the_index(
     ldap_app: Flask, homeserver: Homeserver
 ) -> None:
     client = ldap_app.test_client()
-    token = register(client, homeserver, "@someone:example.org")
-    pepper = client.get(f"{V2}/hash_details", headers=bearer(token)).get_json()[
-        "lookup_pepper"
-    ]
+    token, pepper = token_and_pepper(client, homeserver)
     hashes = {
         a: lookup_hash(a, m, pepper)
         for a, m in [
@@ -735,10 +736,7 @@ def test_v2_lookup_finds_memory_users_while_ldap_is_down_at_the_first_build(
     ldap_app: Flask, slapd: Slapd, homeserver: Homeserver
 ) -> None:
     client = ldap_app.test_client()
-    token = register(client, homeserver, "@someone:example.org")
-    pepper = client.get(f"{V2}/hash_details", headers=bearer(token)).get_json()[
-        "lookup_pepper"
-    ]
+    token, pepper = token_and_pepper(client, homeserver)
     slapd.stop()
     alice = lookup_hash("alice@example.org", "email", pepper)
 
