@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import mxisd_backend
 import pytest
@@ -23,6 +23,9 @@ from flask.testing import FlaskClient
 
 from conftest import V1, V2, Homeserver, bearer, deep_merge, register
 from mxisd_flask.config import Config, parse_config
+
+if TYPE_CHECKING:  # a plugin module too: importing it here would come first
+    from fixtures_homeserver import FakeHomeserver
 
 EXEC_DIR = Path(__file__).resolve().parent / "exec"
 API = "/_mxisd/backend/api/v1"
@@ -265,6 +268,40 @@ def check_credentials(client: FlaskClient, user_id: str, password: str) -> Any:
     """Synapse's password check through our internal endpoint."""
     response = client.post(
         CHECK_CREDENTIALS, json={"user": {"id": user_id, "password": password}}
+    )
+    assert response.status_code == 200
+    return response.get_json()
+
+
+DIRECTORY_SEARCH = "/_matrix/client/v3/user_directory/search"
+# What the user directory answers for "bowman" from Dave's store entry.
+DAVE_IN_DIRECTORY = {
+    "limited": False,
+    "results": [
+        {
+            "user_id": DAVE,
+            "display_name": "Dave Bowman",
+            "avatar_url": "mxc://example.org/dave",
+        }
+    ],
+}
+
+
+def directory_sections(homeserver: FakeHomeserver) -> dict[str, Any]:
+    """Directory search from the stores only; the homeserver checks tokens."""
+    homeserver.answer(
+        "GET", "/_matrix/client/v3/account/whoami", 200, {"user_id": "@bob:example.org"}
+    )
+    client = [{"name": "example.org", "value": homeserver.url}]
+    return {
+        "directory": {"exclude": {"homeserver": True}},
+        "dns": {"overwrite": {"homeserver": {"client": client}}},
+    }
+
+
+def directory_search(client: FlaskClient, term: str) -> Any:
+    response = client.post(
+        DIRECTORY_SEARCH, json={"search_term": term}, headers=bearer("a-token")
     )
     assert response.status_code == 200
     return response.get_json()

@@ -12,16 +12,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fixtures_homeserver import FakeHomeserver
 from fixtures_rest_exec import (
     BULK_ANSWER,
     BULK_QUESTION,
     DAVE,
     DAVE_ACCEPTED,
+    DAVE_IN_DIRECTORY,
     DAVE_THREEPIDS,
     IDENTITY_SCRIPT,
     ExecRecord,
     bulk,
     check_credentials,
+    directory_search,
+    directory_sections,
     exec_action,
     exec_section,
     misbehaving,
@@ -32,7 +36,7 @@ from fixtures_rest_exec import (
 from flask import Flask
 from flask.testing import FlaskClient
 
-from conftest import ConfigFactory, FakeClock, Homeserver, homeserver_config
+from conftest import ConfigFactory, FakeClock, Homeserver, deep_merge, homeserver_config
 from mxisd_flask.app import create_app
 from mxisd_flask.errors import ConfigError, StoreError
 from mxisd_flask.stores import exec_store
@@ -71,8 +75,10 @@ def exec_client(
     """A factory: the app's test client with the given exec section."""
     apps: list[Flask] = []
 
-    def factory(section: dict[str, Any]) -> FlaskClient:
-        config = make_config(exec=section, **homeserver_config(homeserver))
+    def factory(section: dict[str, Any], **sections: Any) -> FlaskClient:
+        config = make_config(
+            exec=section, **deep_merge(homeserver_config(homeserver), sections)
+        )
         apps.append(create_app(config, clock=clock))
         return apps[-1].test_client()
 
@@ -196,7 +202,12 @@ def test_a_timed_out_script_is_killed_with_its_children(tmp_path: Path) -> None:
         store.lookup("email", "dave.bowman@example.org")
 
     assert time.monotonic() - started < 3
-    assert not _running(int(pidfile.read_text()))
+    # SIGKILL reaches the grandchild asynchronously: give it a moment.
+    child = int(pidfile.read_text())
+    deadline = time.monotonic() + 2
+    while _running(child) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not _running(child)
 
 
 def _running(pid: int) -> bool:
@@ -503,4 +514,20 @@ def test_plain_auth_output_with_an_empty_first_line_leaves_it_to_the_exit_status
 
     assert store.authenticate(DAVE, "dave", "x") == AuthResult(
         DAVE, Profile("Dave Bowman")
+    )
+
+
+def test_user_directory_search_runs_the_directory_script(
+    exec_client: Any, fake_homeserver: FakeHomeserver, caplog: pytest.LogCaptureFixture
+) -> None:
+    sections = directory_sections(fake_homeserver)
+    working = exec_client(exec_section(), **sections)
+    broken = exec_client(
+        only(directory__search__byName=misbehaving("garbage")), **sections
+    )
+
+    assert directory_search(working, "bowman") == DAVE_IN_DIRECTORY
+    assert directory_search(broken, "bowman") == {"limited": False, "results": []}
+    assert any(
+        "directory store failed store=exec" in r.getMessage() for r in caplog.records
     )

@@ -7,16 +7,20 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from fixtures_homeserver import FakeHomeserver
 from fixtures_rest_exec import (
     API,
     BULK_ANSWER,
     BULK_QUESTION,
     DAVE,
     DAVE_ACCEPTED,
+    DAVE_IN_DIRECTORY,
     DAVE_THREEPIDS,
     RestBackend,
     bulk,
     check_credentials,
+    directory_search,
+    directory_sections,
     rest_section,
     store_config,
     v1_lookup,
@@ -375,3 +379,23 @@ def test_synapse_password_check_goes_to_the_rest_backend(
     rest_backend.fail[f"{API}/auth/login"] = "500"
     assert check_credentials(rest_client, "dave", "dave-pw") == refused
     assert any("auth store failed store=rest" in r.getMessage() for r in caplog.records)
+
+
+def test_user_directory_search_finds_the_backends_users(
+    make_config: ConfigFactory,
+    clock: FakeClock,
+    rest_backend: RestBackend,
+    fake_homeserver: FakeHomeserver,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    sections = directory_sections(fake_homeserver)
+    for client in make_app(
+        make_config, clock, rest=rest_section(rest_backend), **sections
+    ):
+        assert directory_search(client, "bowman") == DAVE_IN_DIRECTORY
+        rest_backend.fail[f"{API}/directory/user/search"] = "500"
+        assert directory_search(client, "bowman") == {"limited": False, "results": []}
+
+    assert any(
+        "directory store failed store=rest" in r.getMessage() for r in caplog.records
+    )

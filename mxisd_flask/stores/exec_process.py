@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mxisd_flask.config.keys.exec_store import TOKENS
+from mxisd_flask.config.sections import Secret
 from mxisd_flask.errors import ConfigError, StoreError
 
 logger = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ class ProcessConfig:
     key: str
     command: str
     args: tuple[str, ...]
-    env: tuple[tuple[str, str], ...]
+    env: tuple[tuple[str, Secret], ...]  # may hold the admin's API keys
     input_type: str | None
     input_template: str | None
     output_type: str | None
@@ -115,12 +116,12 @@ def _strings(raw: list[Any], key: str) -> list[str]:
     return [str(item) for item in raw]
 
 
-def _env(raw: dict[Any, Any], key: str) -> tuple[tuple[str, str], ...]:
+def _env(raw: dict[Any, Any], key: str) -> tuple[tuple[str, Secret], ...]:
     pairs = []
     for name, value in raw.items():
         if not isinstance(value, str | int | float) or not str(name):
             raise ConfigError(f"{key}.{name}: must be text")
-        pairs.append((str(name), str(value)))
+        pairs.append((str(name), Secret(value)))
     return tuple(pairs)
 
 
