@@ -135,7 +135,25 @@ def test_a_failed_rebuild_keeps_the_previous_table(
     found = index.lookup([hash_of(ALICE, "p")], "p")
 
     assert found == {hash_of(ALICE, "p"): "@alice:example.org"}
-    assert "hash index rebuild failed" in caplog.text
+    assert "store=a failed to list, kept its previous entries" in caplog.text
+
+
+def test_a_store_down_at_the_first_build_leaves_out_only_its_own() -> None:
+    down = ListingStore("down", [BOB])
+    down.broken = True
+    index = index_of(down, ListingStore("up", [ALICE]), refresh_s=300)
+    clock = index._monotonic
+    assert isinstance(clock, Monotonic)
+
+    first = index.lookup([hash_of(ALICE, "p"), hash_of(BOB, "p")], "p")
+    down.broken = False
+    clock.now += 31  # a failed store is retried before the refresh interval
+    index.lookup([], "p")
+    _wait_for(lambda: down.listed == 2 and index._building is None)
+    later = index.lookup([hash_of(BOB, "p")], "p")
+
+    assert first == {hash_of(ALICE, "p"): "@alice:example.org"}
+    assert later == {hash_of(BOB, "p"): "@bob:example.org"}
 
 
 def test_concurrent_first_lookups_build_once() -> None:

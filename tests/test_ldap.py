@@ -727,11 +727,6 @@ def test_synapse_login_with_the_ldap_password(ldap_app: Flask) -> None:
     }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="#3: one store failing the index build leaves every store's 3PIDs "
-    "out of the first index (the hash index keeps only a previous table)",
-)
 def test_v2_lookup_finds_memory_users_while_ldap_is_down_at_the_first_build(
     ldap_app: Flask, slapd: Slapd, homeserver: Homeserver
 ) -> None:

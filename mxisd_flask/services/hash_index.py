@@ -7,6 +7,9 @@ changes and every ``hashing.index.refresh`` seconds. A rebuild runs in a
 background thread and replaces the table in one assignment, so lookups keep
 answering from the previous table meanwhile; only the first lookup under a
 new pepper waits for its table (at most ``hashing.index.buildTimeout``).
+Each store's entries are kept apart: a store that fails to list keeps its
+previous entries (or is left out) while the others' are renewed, and the
+next attempt comes after ``RETRY_S`` rather than a whole interval.
 
 Keys are the raw 32-byte digests and equal mxids share one string, which
 keeps a million entries to roughly 200 MiB.
@@ -29,11 +32,20 @@ from mxisd_flask.stores.base import Capability, IdentityStore
 logger = logging.getLogger(__name__)
 
 
+# After a store failed to list, try again this soon rather than a whole
+# refresh interval later.
+RETRY_S = 30
+
+
 @dataclass(frozen=True)
 class _Table:
     pepper: str
-    built_at: float  # time.monotonic()
-    entries: dict[bytes, str]
+    rebuild_at: float  # time.monotonic() after which a rebuild starts
+    # (store name, digest -> mxid), in the order the stores are asked.
+    parts: tuple[tuple[str, dict[bytes, str]], ...]
+
+    def part(self, name: str) -> dict[bytes, str] | None:
+        return next((entries for n, entries in self.parts if n == name), None)
 
 
 class HashIndex:
@@ -65,15 +77,17 @@ class HashIndex:
                 digest = decode_base64(value)
             except ValueError:  # not base64: cannot be one of ours
                 continue
-            mxid = table.entries.get(digest) if len(digest) == 32 else None
-            if mxid is not None:
-                found[value] = mxid
+            for _name, entries in table.parts:
+                mxid = entries.get(digest)
+                if mxid is not None:
+                    found[value] = mxid
+                    break
         return found
 
     def _table_for(self, pepper: str) -> _Table | None:
         table = self._table
         if table is not None and table.pepper == pepper:
-            if self._monotonic() - table.built_at >= self._refresh_s:
+            if self._monotonic() >= table.rebuild_at:
                 self._start_build(pepper)  # answer from this one meanwhile
             return table
         done = self._start_build(pepper)
@@ -96,35 +110,54 @@ class HashIndex:
 
     def _build(self, pepper: str, done: threading.Event) -> None:
         started = self._monotonic()
-        try:
-            entries = self.build_entries(pepper)
-        except StoreError as exc:
-            # Keep serving the old table (if it is for this pepper) and retry
-            # at the next refresh rather than drop a store's 3PIDs.
-            logger.warning("hash index rebuild failed, kept the previous one: %s", exc)
-            entries = None
+        previous = self._table
+        if previous is not None and previous.pepper != pepper:
+            previous = None  # hashes under another pepper are of no use
+        parts = []
+        failed = False
+        for store in self._stores:
+            try:
+                parts.append((store.name, self.hash_threepids(store, pepper)))
+            except StoreError as exc:
+                # One store down must not empty the index of the others; its
+                # previous part (same pepper) is kept until it answers again.
+                failed = True
+                kept = previous.part(store.name) if previous is not None else None
+                if kept is not None:
+                    parts.append((store.name, kept))
+                logger.warning(
+                    "hash index: store=%s failed to list, %s: %s",
+                    store.name,
+                    "kept its previous entries" if kept is not None else "left out",
+                    exc,
+                )
+        now = self._monotonic()
+        delay = min(self._refresh_s, RETRY_S) if failed else self._refresh_s
         with self._lock:
-            if entries is not None:
-                self._table = _Table(pepper, self._monotonic(), entries)
-            elif self._table is not None and self._table.pepper == pepper:
-                self._table = _Table(pepper, self._monotonic(), self._table.entries)
+            self._table = _Table(pepper, now + delay, tuple(parts))
             self._building = None
         done.set()
-        if entries is not None:
-            logger.info(
-                "hash index built entries=%d seconds=%.2f",
-                len(entries),
-                self._monotonic() - started,
-            )
+        logger.info(
+            "hash index built entries=%d seconds=%.2f",
+            sum(len(entries) for _, entries in parts),
+            now - started,
+        )
+
+    @staticmethod
+    def hash_threepids(store: IdentityStore, pepper: str) -> dict[bytes, str]:
+        """digest -> mxid for every 3PID ``store`` lists, under ``pepper``."""
+        entries: dict[bytes, str] = {}
+        mxids: dict[str, str] = {}  # one string per mxid, however many 3PIDs
+        sha256 = hashlib.sha256
+        for medium, address, mxid in store.iter_threepids():
+            digest = sha256(f"{address} {medium} {pepper}".encode()).digest()
+            if digest not in entries:
+                entries[digest] = mxids.setdefault(mxid, mxid)
+        return entries
 
     def build_entries(self, pepper: str) -> dict[bytes, str]:
-        """Hash every listed 3PID under ``pepper``; earlier stores win."""
-        entries: dict[bytes, str] = {}
-        mxids: dict[str, str] = {}
-        sha256 = hashlib.sha256
-        for store in self._stores:
-            for medium, address, mxid in store.iter_threepids():
-                digest = sha256(f"{address} {medium} {pepper}".encode()).digest()
-                if digest not in entries:
-                    entries[digest] = mxids.setdefault(mxid, mxid)
-        return entries
+        """All stores' entries merged, earlier stores winning (benchmarks)."""
+        merged: dict[bytes, str] = {}
+        for store in reversed(self._stores):
+            merged.update(self.hash_threepids(store, pepper))
+        return merged
