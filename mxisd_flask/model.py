@@ -13,7 +13,8 @@ from mxisd_flask.errors import InvalidAddress, InvalidEmail, InvalidParam
 
 MXID_RE = re.compile(r"^@[^:\s]+:[A-Za-z0-9.\-\[\]:]+$")
 CLIENT_SECRET_RE = re.compile(r"^[0-9a-zA-Z.=_\-]{1,255}$")
-ROOM_ID_RE = re.compile(r"^![^\s:]+:[A-Za-z0-9.\-\[\]:]+$")
+# Room versions 12 and later drop the ":domain" part (spec 1.16, appendices).
+ROOM_ID_RE = re.compile(r"^![^\s:]+(?::[A-Za-z0-9.\-\[\]:]+)?$")
 SERVER_NAME_RE = re.compile(
     r"^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.\-]+)(?::([0-9]{1,5}))?$"
 )

@@ -137,3 +137,24 @@ def test_sign_ed25519_of_unknown_token_is_unrecognized(
 
     assert response.status_code == 404
     assert response.get_json()["errcode"] == "M_UNRECOGNIZED"
+
+
+def test_store_invite_accepts_room_ids_without_a_domain(
+    client: FlaskClient, mailbox: Mailbox
+) -> None:
+    # Room version 12 IDs, as Synapse creates them by default.
+    room_id = "!UqQsU5Jow_L1xxyCQ8aeQIB8CVPNX0CjFU4H-Le9Z-c"
+
+    response = client.post(f"{V1}/store-invite", json={**INVITE, "room_id": room_id})
+
+    assert response.status_code == 200, response.get_json()
+    assert response.get_json()["token"] in text_of(mailbox.last())
+
+
+def test_store_invite_refuses_malformed_room_ids(client: FlaskClient) -> None:
+    for room_id in ("room:example.org", "!", "!a b:example.org", "!r:bad host"):
+        response = client.post(
+            f"{V1}/store-invite", json={**INVITE, "room_id": room_id}
+        )
+
+        assert response.get_json()["errcode"] == "M_INVALID_PARAM", room_id
