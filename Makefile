@@ -23,8 +23,8 @@ test: sysdeps $(BIN)/mxisd
 	$(BIN)/python -m pytest -q
 
 lint: $(BIN)/mxisd
-	$(BIN)/ruff check mxisd_flask tests bench wsgi.py
-	$(BIN)/ruff format --check mxisd_flask tests bench wsgi.py
+	$(BIN)/ruff check mxisd_flask tests bench wsgi.py contrib
+	$(BIN)/ruff format --check mxisd_flask tests bench wsgi.py contrib
 	$(BIN)/mypy mxisd_flask tests bench
 
 bench: $(BIN)/mxisd
