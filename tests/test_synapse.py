@@ -1,0 +1,208 @@
+"""Against a real Synapse: email invites through us, and store users logging
+in to Synapse through our password module (fixtures_synapse.py)."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import time
+import urllib.parse
+
+from fixtures_synapse import DAVE, SERVER_NAME, SynapseStack
+
+from conftest import Mailbox, text_of
+
+V3 = "/_matrix/client/v3"
+
+
+def wait_for_mail(mailbox: Mailbox, recipient: str, timeout_s: float = 15) -> str:
+    deadline = time.monotonic() + timeout_s
+    with mailbox.received:
+        while True:
+            for _sender, recipients, message in mailbox.messages:
+                if recipient in recipients:
+                    return text_of(message)
+            left = deadline - time.monotonic()
+            assert left > 0, f"no mail to {recipient}"
+            mailbox.received.wait(left)
+
+
+def quoted(user_id: str) -> str:
+    return urllib.parse.quote(user_id, safe="")
+
+
+def test_email_invite_is_stored_with_us_mailed_and_in_the_room(
+    synapse_stack: SynapseStack, mailbox: Mailbox
+) -> None:
+    stack = synapse_stack
+    alice = stack.register("alice", "alice-synapse-pw")
+
+    # alice's OpenID token from Synapse buys her an access token with us.
+    openid = alice.ok(
+        "POST", f"{V3}/user/{quoted(alice.user_id)}/openid/request_token", {}
+    )
+    assert openid["matrix_server_name"] == SERVER_NAME
+    registered = stack.identity(
+        "POST", "/_matrix/identity/v2/account/register", json=openid
+    )
+    assert registered.status_code == 200, registered.text
+    id_token = registered.json()["token"]
+    account = stack.identity(
+        "GET",
+        "/_matrix/identity/v2/account",
+        headers={"Authorization": f"Bearer {id_token}"},
+    )
+    assert account.json() == {"user_id": alice.user_id}
+
+    room_id = alice.ok("POST", f"{V3}/createRoom", {"name": "Plans"})["room_id"]
+    invited = alice.call(
+        "POST",
+        f"{V3}/rooms/{quoted(room_id)}/invite",
+        {
+            "id_server": stack.mxisd_server,
+            "id_access_token": id_token,
+            "medium": "email",
+            "address": "carol@example.org",
+        },
+    )
+    assert invited.status_code == 200, invited.text
+
+    # We received store-invite from Synapse...
+    assert f"invite stored room_id={room_id} sender={alice.user_id}" in (
+        stack.mxisd.output()
+    )
+    # ...the real SMTP server got carol's invite mail, with its token...
+    mail = wait_for_mail(mailbox, "carol@example.org")
+    assert '"Plans"' in mail
+    assert "alice invited carol@example.org" in mail
+    code = re.search(r"Invitation code: (\S+)", mail)
+    assert code, mail
+    # ...and the room holds the third-party invite carrying that token.
+    state = alice.ok("GET", f"{V3}/rooms/{quoted(room_id)}/state")
+    invites = [e for e in state if e["type"] == "m.room.third_party_invite"]
+    assert len(invites) == 1
+    event = invites[0]
+    assert event["sender"] == alice.user_id
+    assert event["state_key"] == code.group(1)
+    pubkey = stack.identity("GET", "/_matrix/identity/v2/pubkey/ed25519:0").json()
+    assert event["content"]["public_key"] == pubkey["public_key"]
+    assert event["content"]["key_validity_url"] == (
+        f"{stack.mxisd_url}/_matrix/identity/v2/pubkey/isvalid"
+    )
+    assert "car" in event["content"]["display_name"]
+    assert "carol@example.org" not in event["content"]["display_name"]
+
+
+def test_store_user_logs_in_to_synapse_through_our_module(
+    synapse_stack: SynapseStack,
+) -> None:
+    stack = synapse_stack
+    admin = stack.register("admin", "admin-pw", admin=True)
+    dave_id = f"@{DAVE.localpart}:{SERVER_NAME}"
+    before = admin.call("GET", f"/_synapse/admin/v2/users/{quoted(dave_id)}")
+    assert before.status_code == 404  # dave is only in the LDAP directory
+
+    wrong = stack.login(DAVE.localpart, "not-daves-password")
+    assert wrong.status_code == 403, wrong.text
+    assert wrong.json()["errcode"] == "M_FORBIDDEN"
+    still_absent = admin.call("GET", f"/_synapse/admin/v2/users/{quoted(dave_id)}")
+    assert still_absent.status_code == 404
+
+    login = stack.login(DAVE.localpart, DAVE.password)
+    assert login.status_code == 200, login.text
+    assert login.json()["user_id"] == dave_id
+    dave = stack.synapse_user(login.json())
+
+    # Synapse created dave with the directory's display name and email (his
+    # phone number is not applied: the module API adds emails only).
+    profile = dave.ok("GET", f"{V3}/profile/{quoted(dave_id)}")
+    assert profile["displayname"] == DAVE.display_name
+    threepids = dave.ok("GET", f"{V3}/account/3pid")["threepids"]
+    assert [(t["medium"], t["address"]) for t in threepids] == [("email", DAVE.email)]
+    created = admin.ok("GET", f"/_synapse/admin/v2/users/{quoted(dave_id)}")
+    assert created["name"] == dave_id
+
+    # A second login, typed in another case, is the same account.
+    again = stack.login(f"@{DAVE.localpart.title()}:{SERVER_NAME}", DAVE.password)
+    assert again.status_code == 200, again.text
+    assert again.json()["user_id"] == dave_id
+    assert stack.login(DAVE.localpart, "still-wrong").status_code == 403
+
+    # Our server logged each check, never the password.
+    output = stack.mxisd.output()
+    assert f"credentials accepted mxid={dave_id}" in output
+    assert f"credentials refused mxid={dave_id}" in output
+    assert DAVE.password not in output
+    assert DAVE.password not in stack.synapse.output()
+
+
+def test_synapse_users_unknown_to_the_stores_keep_their_own_password(
+    synapse_stack: SynapseStack,
+) -> None:
+    stack = synapse_stack
+    stack.register("erin", "erin-synapse-pw")
+
+    own = stack.login("erin", "erin-synapse-pw")
+    nobody = stack.login("nobody", "whatever")
+
+    assert own.status_code == 200, own.text
+    assert own.json()["user_id"] == f"@erin:{SERVER_NAME}"
+    assert nobody.status_code == 403
+    assert "credentials refused mxid=@nobody:example.test" in stack.mxisd.output()
+
+
+def test_bad_module_config_is_refused_by_name(synapse_stack: SynapseStack) -> None:
+    script = (
+        "import sys\n"
+        "from mxisd_synapse import MxisdPasswordProvider as P\n"
+        "from synapse.module_api.errors import ConfigError\n"
+        "for bad in ({}, {'endpoint': 'ftp://x'}, "
+        "{'endpoint': 'https://x', 'create_users': 'yes'}):\n"
+        "    try:\n"
+        "        P.parse_config(bad)\n"
+        "    except ConfigError as exc:\n"
+        "        print(exc)\n"
+        "print(P.parse_config({'endpoint': 'https://id.example.org/'}))\n"
+    )
+
+    done = subprocess.run(
+        [str(synapse_stack.synapse_python), "-c", script],
+        env={**os.environ, "PYTHONPATH": str(synapse_stack.module_dir)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("endpoint:")
+    assert lines[1].startswith("endpoint:")
+    assert lines[2].startswith("create_users:")
+    assert lines[3] == (
+        "ProviderConfig(endpoint='https://id.example.org', create_users=True, "
+        "update_display_name=False, threepids=True)"
+    )
+
+
+def test_identity_server_down_refuses_store_users_cleanly(
+    synapse_stack: SynapseStack,
+) -> None:
+    stack = synapse_stack
+    stack.register("frank", "frank-synapse-pw")
+    stack.mxisd.stop()
+    try:
+        store_user = stack.login(DAVE.localpart, DAVE.password)
+        own = stack.login("frank", "frank-synapse-pw")
+    finally:
+        stack.mxisd.start_again()
+        stack.mxisd.wait_until(
+            f"{stack.mxisd_url}/_matrix/identity/v2", verify=stack.ca_file
+        )
+
+    # No answer from us is no login, not a 500; Synapse's own users go on.
+    assert store_user.status_code == 403, store_user.text
+    assert own.status_code == 200, own.text
+    assert "identity server unreachable" in stack.synapse.output()
+    back = stack.login(DAVE.localpart, DAVE.password)
+    assert back.status_code == 200, back.text
