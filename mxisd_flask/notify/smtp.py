@@ -105,11 +105,7 @@ def _single_part(parsed: EmailMessage) -> EmailMessage:
             "mime-version",
         ):
             fresh[name] = value
-    fresh.set_content(
-        str(body),
-        subtype=parsed.get_content_subtype() or "plain",
-        charset="utf-8",
-    )
+    _set_text(fresh, str(body), parsed.get_content_subtype() or "plain", None)
     return fresh
 
 
@@ -138,12 +134,26 @@ def _reencode_text_parts(message: EmailMessage) -> None:
             continue
         if not isinstance(part, EmailMessage):
             continue  # parsed with _class=EmailMessage: never taken
-        part.set_content(
+        _set_text(
+            part,
             _text(part),
-            subtype=part.get_content_subtype(),
-            charset="utf-8",
-            disposition=part.get_content_disposition(),
+            part.get_content_subtype(),
+            part.get_content_disposition(),
         )
+
+
+def _set_text(
+    part: EmailMessage, text: str, subtype: str, disposition: str | None
+) -> None:
+    """UTF-8 text in a 7-bit-safe encoding: quoted-printable once it leaves
+    ASCII, since not every relay takes 8-bit mail."""
+    part.set_content(
+        text,
+        subtype=subtype,
+        charset="utf-8",
+        cte="7bit" if text.isascii() else "quoted-printable",
+        disposition=disposition,
+    )
 
 
 def _text(part: EmailMessage) -> str:

@@ -27,8 +27,11 @@ def with_url_encoded(values: Mapping[str, str]) -> dict[str, str]:
 
 
 def one_line(values: Mapping[str, str]) -> dict[str, str]:
-    """Every value with its line breaks (any Unicode kind) made spaces."""
-    return {name: " ".join(value.splitlines()) for name, value in values.items()}
+    """Every value with its line breaks (any Unicode kind) made one space."""
+    return {
+        name: " ".join(line for line in value.splitlines() if line)
+        for name, value in values.items()
+    }
 
 
 def render(text: str, values: Mapping[str, str]) -> str:

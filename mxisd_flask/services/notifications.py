@@ -149,6 +149,34 @@ class NotificationService:
         }
         self.notify(VALIDATION, medium, address, values)
 
+    def send_fraudulent_unbind_warning(
+        self, medium: str, address: str, mxid: str
+    ) -> None:
+        """Warn a 3PID's owner that someone asked, without proof, to unbind it
+        from ``mxid``."""
+        self.notify(FRAUDULENT_UNBIND, medium, address, {"SENDER_ID": mxid})
+
+    def send_matrix_id_invite(
+        self,
+        medium: str,
+        address: str,
+        room_id: str,
+        sender: str,
+        room_name: str = "",
+        sender_name: str = "",
+    ) -> None:
+        """Tell a user who has a Matrix ID, through one of their 3PIDs, that
+        ``sender`` invited them to a room (sent by the homeserver work, #4)."""
+        fields = {
+            "ROOM_ID": room_id,
+            "ROOM_NAME": room_name,
+            "ROOM_NAME_OR_ID": room_name or room_id,
+            "SENDER_ID": sender,
+            "SENDER_NAME": sender_name,
+            "SENDER_NAME_OR_ID": sender_name or sender,
+        }
+        self.notify(MATRIX_ID_INVITE, medium, address, fields)
+
     def notify(
         self, event: str, medium: str, address: str, fields: Mapping[str, str]
     ) -> None:
