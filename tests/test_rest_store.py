@@ -399,3 +399,17 @@ def test_user_directory_search_finds_the_backends_users(
     assert any(
         "directory store failed store=rest" in r.getMessage() for r in caplog.records
     )
+
+
+def test_hostile_addresses_reach_the_backend_as_json_data(
+    rest_client: FlaskClient, rest_backend: RestBackend
+) -> None:
+    address = "x'\"; DROP TABLE users; --\n$(id)\\u0041"
+
+    assert v1_lookup(rest_client, "employee", address) == {}
+    assert rest_backend.requests == [
+        (
+            f"{API}/identity/single",
+            {"lookup": {"medium": "employee", "address": address}},
+        )
+    ]
