@@ -427,6 +427,8 @@ def test_actions_without_a_command_are_not_offered() -> None:
     store = exec_store_for(only(profile__role=exec_action("roles")))
 
     assert store.capabilities == {Capability.PROFILE}
+    assert store.lookup("email", "dave.bowman@example.org") is None
+    assert store.bulk_lookup(list(DAVE_THREEPIDS)) == {}
     assert store.profile(DAVE) == Profile(roles=("staff", "pilots"))
 
 

@@ -200,11 +200,12 @@ def test_empty_identity_endpoints_take_the_store_out_of_lookups(
     for client in make_app(make_config, clock, rest=section):
         assert v1_lookup(client, "email", "dave.bowman@example.org") == {}
 
+    store = rest_store(rest_backend, endpoints=endpoints)
+    assert Capability.LOOKUP not in store.capabilities
+    # Asked anyway, it answers nothing rather than bouncing between the two.
+    assert store.lookup("email", "dave.bowman@example.org") is None
+    assert store.bulk_lookup(list(DAVE_THREEPIDS)) == {}
     assert rest_backend.requests == []
-    assert (
-        Capability.LOOKUP
-        not in rest_store(rest_backend, endpoints=endpoints).capabilities
-    )
 
 
 def test_auth_success_gives_the_canonical_mxid_and_profile(

@@ -144,6 +144,8 @@ class ExecIdentityStore(IdentityStore):
         self.capabilities = frozenset(capabilities & _offered(config))
 
     def lookup(self, medium: str, address: str) -> str | None:
+        if Capability.LOOKUP not in self.capabilities:
+            return None  # also keeps lookup and bulk_lookup from calling round
         process = self.config.single
         if not process.command:
             return self.bulk_lookup([(medium, address)]).get((medium, address))
@@ -171,6 +173,8 @@ class ExecIdentityStore(IdentityStore):
         return backend_json.canonical_mxid(lines[1].strip(), self.domain, id_type)
 
     def bulk_lookup(self, threepids: Sequence[ThreePid]) -> dict[ThreePid, str]:
+        if Capability.LOOKUP not in self.capabilities:
+            return {}
         process = self.config.bulk
         if not process.command:
             return super().bulk_lookup(threepids)

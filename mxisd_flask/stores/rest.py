@@ -141,6 +141,8 @@ class RestIdentityStore(IdentityStore):
         self._verify: bool | str = bundle or True
 
     def lookup(self, medium: str, address: str) -> str | None:
+        if Capability.LOOKUP not in self.capabilities:
+            return None  # also keeps lookup and bulk_lookup from calling round
         if not self.config.single:
             return self.bulk_lookup([(medium, address)]).get((medium, address))
         body = self._post(
@@ -150,6 +152,8 @@ class RestIdentityStore(IdentityStore):
         return None if body is None else backend_json.parse_single(body, self.domain)
 
     def bulk_lookup(self, threepids: Sequence[ThreePid]) -> dict[ThreePid, str]:
+        if Capability.LOOKUP not in self.capabilities:
+            return {}
         if not self.config.bulk:
             return super().bulk_lookup(threepids)
         found: dict[ThreePid, str] = {}
