@@ -37,6 +37,7 @@ class MediumSettings:
 class NotifySettings:
     media: dict[str, MediumSettings]
     expired_view: str
+    send_fraud_warning: bool
 
 
 def notify_settings(config: Config) -> NotifySettings:
@@ -51,6 +52,7 @@ def notify_settings(config: Config) -> NotifySettings:
             config.base_dir,
             "view.session.onTokenSubmit.expired",
         ),
+        send_fraud_warning=v["session.policy.unbind.fraudulent.sendWarning"],
     )
 
 

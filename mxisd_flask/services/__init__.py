@@ -111,6 +111,7 @@ def build_services(
     homeserver = HomeserverClient(
         outbound, client_overrides(config.values), config.domain
     )
+    notify = notify_settings(config)
     db.close()  # connections are per thread; serving threads open their own
     return Services(
         config=config,
@@ -121,7 +122,15 @@ def build_services(
         pepper=pepper,
         lookups=LookupService(chain, keys, pepper, config.hashing),
         sessions=sessions,
-        bind=BindService(db, sessions, keys, pepper, clock, onbind),
+        bind=BindService(
+            db,
+            sessions,
+            keys,
+            pepper,
+            clock,
+            onbind,
+            fraud_warnings=notifications if notify.send_fraud_warning else None,
+        ),
         invites=InviteService(db, chain, keys, notifications, clock),
         accounts=AccountService(db, outbound, config.federation_overrides, clock),
         terms=TermsService(db, config.policies),
@@ -130,7 +139,7 @@ def build_services(
         worker=worker,
         directory=DirectoryService(stores, homeserver, directory_config(config.values)),
         notifications=notifications,
-        notify=notify_settings(config),
+        notify=notify,
         login=LoginService(
             chain.lookup, homeserver, rewrite_rules(config.values), config.domain
         ),

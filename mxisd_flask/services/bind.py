@@ -6,10 +6,17 @@ import logging
 from typing import Any
 
 from mxisd_flask.crypto.hashing import lookup_hash
-from mxisd_flask.errors import Forbidden, Unauthorized
-from mxisd_flask.model import check_mxid, normalise_address
+from mxisd_flask.errors import (
+    EmailSendError,
+    Forbidden,
+    MatrixError,
+    SendError,
+    Unauthorized,
+)
+from mxisd_flask.model import check_mxid, normalise_address, redact
 from mxisd_flask.services.clock import Clock
 from mxisd_flask.services.keys import KeyService
+from mxisd_flask.services.notifications import NotificationService
 from mxisd_flask.services.onbind import OnbindService
 from mxisd_flask.services.pepper import PepperService
 from mxisd_flask.services.sessions import SessionService
@@ -28,8 +35,12 @@ class BindService:
         pepper: PepperService,
         clock: Clock,
         onbind: OnbindService | None = None,
+        fraud_warnings: NotificationService | None = None,
     ) -> None:
+        """``fraud_warnings``: where to warn a 3PID's owner of an unbind
+        without proof (session.policy.unbind.fraudulent.sendWarning)."""
         self._db = db
+        self._fraud_warnings = fraud_warnings
         self._onbind = onbind
         self._sessions = sessions
         self._keys = keys
@@ -79,14 +90,47 @@ class BindService:
             raise Unauthorized("You may only unbind 3PIDs from your own Matrix ID")
         if sid is None or client_secret is None:
             # TODO(#4): accept homeserver-signed unbind requests (X-Matrix auth);
-            # until then an unbind needs the sid and client_secret of a session.
+            # until then an unbind needs the sid and client_secret of a session,
+            # and one without them sends no fraud warning: it may be a
+            # homeserver's signed request we cannot check yet.
             raise Forbidden("Unbind requires sid and client_secret on this server")
         address = normalise_address(medium, address)
-        threepid = self._sessions.validated_threepid(sid, client_secret)
-        if (threepid.medium, threepid.address) != (medium, address):
-            raise Forbidden("The session does not prove ownership of this 3PID")
+        self._prove_or_warn(sid, client_secret, mxid, medium, address)
 
         with self._db.write() as cur:
             removed = self._storage.delete(cur, medium, address, mxid)
         if removed:
             logger.info("unbind mxid=%s medium=%s sid=%s", mxid, medium, sid)
+
+    def _prove_or_warn(
+        self, sid: str, client_secret: str, mxid: str, medium: str, address: str
+    ) -> None:
+        """Check the session proves (medium, address); if not, warn its owner."""
+        try:
+            threepid = self._sessions.validated_threepid(sid, client_secret)
+            if (threepid.medium, threepid.address) != (medium, address):
+                raise Forbidden("The session does not prove ownership of this 3PID")
+        except MatrixError:
+            self._warn_owner(mxid, medium, address)
+            raise
+
+    def _warn_owner(self, mxid: str, medium: str, address: str) -> None:
+        if self._fraud_warnings is None:
+            return
+        with self._db.read() as cur:
+            bound = self._storage.get(cur, medium, address)
+        if bound is None:
+            # Nobody to warn; and unbind must not mail any address one names.
+            return
+
+        logger.warning(
+            "unbind without proof of ownership mxid=%s to=%s",
+            mxid,
+            redact(medium, address),
+        )
+        try:
+            self._fraud_warnings.send_fraudulent_unbind_warning(medium, address, mxid)
+        except (EmailSendError, SendError):
+            # Logged by the notification service; the caller still gets the
+            # refusal of the unbind, not a send error.
+            return

@@ -39,6 +39,8 @@ KEYS: dict[str, tuple[tuple[type, ...], Any]] = {
     "threepid.medium.email.generators.template.generic.matrixId": ((str,), None),
     "threepid.medium.msisdn.generators.template.placeholder": ((dict,), {}),
     "view.session.onTokenSubmit.expired": ((str,), None),
+    # Warn a 3PID's owner when someone unbinds it without proving ownership.
+    "session.policy.unbind.fraudulent.sendWarning": ((bool,), True),
 }
 
 KEYS.update(
