@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import urllib.parse
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -89,11 +90,15 @@ class SqlDb:
     kind: str  # sqlite | postgresql | mysql
     connection: str  # the value of <section>.connection
     admin: Any = field(repr=False)  # a DB-API connection that may write
+    store_user: str = ""  # MySQL: the account the store connects with
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         cursor = self.admin.cursor()
-        text = sql if self.kind == "sqlite" else sql.replace("?", "%s")
-        cursor.execute(text, tuple(params))
+        if self.kind == "sqlite":
+            cursor.execute(sql, tuple(params))
+        else:
+            # Without values the drivers leave % alone ('%' hosts in MySQL).
+            cursor.execute(sql.replace("?", "%s"), tuple(params) or None)
         rows = list(cursor.fetchall()) if cursor.description else []
         cursor.close()
         if self.kind == "sqlite":
@@ -116,15 +121,49 @@ class SqlDb:
                 " WHERE application_name = 'mxisd' AND datname = current_database()"
             )
             return len(rows)
-        own = self.execute("SELECT CONNECTION_ID()")[0][0]
         ids = self.execute(
-            "SELECT id FROM information_schema.processlist"
-            " WHERE db = DATABASE() AND id <> ?",
-            (own,),
+            "SELECT id FROM information_schema.processlist WHERE user = ?",
+            (self.store_user,),
         )
         for (pid,) in ids:
             self.execute(f"KILL {int(pid)}")
         return len(ids)
+
+    def go_down(self) -> None:
+        """Make the database unusable for the store until :meth:`come_back`."""
+        if self.kind == "sqlite":
+            # A file cannot go down; a migration moving the tables away is
+            # the nearest failure at use.
+            for table in self._tables():
+                self.execute(f"ALTER TABLE {table} RENAME TO {table}_away")
+            return
+        if self.kind == "postgresql":
+            self._pg_allow_connections(False)
+        else:
+            self.execute(f"ALTER USER '{self.store_user}'@'%' ACCOUNT LOCK")
+        self.drop_store_connections()
+
+    def come_back(self) -> None:
+        if self.kind == "sqlite":
+            for table in self._tables():
+                self.execute(f"ALTER TABLE {table}_away RENAME TO {table}")
+        elif self.kind == "postgresql":
+            self._pg_allow_connections(True)
+        else:
+            self.execute(f"ALTER USER '{self.store_user}'@'%' ACCOUNT UNLOCK")
+
+    def _tables(self) -> list[str]:
+        tables = self.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        return [str(name).removesuffix("_away") for (name,) in tables]
+
+    def _pg_allow_connections(self, allow: bool) -> None:
+        name = self.execute("SELECT current_database()")[0][0]
+        # A database's own sessions may not close its door: ask from another.
+        other = psycopg2.connect(PG_DSN + " dbname=postgres")
+        other.autocommit = True
+        with other.cursor() as cur:
+            cur.execute(f"ALTER DATABASE {name} ALLOW_CONNECTIONS {str(allow).lower()}")
+        other.close()
 
     def section(self, **extra: Any) -> dict[str, Any]:
         """An enabled store section for this database (for sql or synapseSql)."""
@@ -218,18 +257,29 @@ def seed_synapse(db: SqlDb) -> None:
     )
 
 
+@dataclass(frozen=True)
+class MysqlStoreDatabase:
+    name: str
+    user: str  # the store's own account: SELECT only, a password with symbols
+    password: str
+
+
 @pytest.fixture(scope="session")
-def mysql_store_database() -> Iterator[str]:
-    """A MariaDB/MySQL database for store tests, dropped after the run."""
-    name = f"mxisd_store_{uuid.uuid4().hex[:10]}"
+def mysql_store_database() -> Iterator[MysqlStoreDatabase]:
+    """A MariaDB/MySQL database and read-only account, dropped after the run."""
+    suffix = uuid.uuid4().hex[:10]
+    db = MysqlStoreDatabase(f"mxisd_store_{suffix}", f"mxisd_{suffix}", "p@ss w/rd&1?")
     admin = pymysql.connect(
         host=MYSQL_HOST, port=MYSQL_PORT, user=MYSQL_USER, password="", autocommit=True
     )
     with admin.cursor() as cur:
-        cur.execute(f"CREATE DATABASE {name} CHARACTER SET utf8mb4")
-    yield name
+        cur.execute(f"CREATE DATABASE {db.name} CHARACTER SET utf8mb4")
+        cur.execute(f"CREATE USER '{db.user}'@'%%' IDENTIFIED BY %s", (db.password,))
+        cur.execute(f"GRANT SELECT ON {db.name}.* TO '{db.user}'@'%'")
+    yield db
     with admin.cursor() as cur:
-        cur.execute(f"DROP DATABASE IF EXISTS {name}")
+        cur.execute(f"DROP DATABASE IF EXISTS {db.name}")
+        cur.execute(f"DROP USER IF EXISTS '{db.user}'@'%'")
     admin.close()
 
 
@@ -252,16 +302,21 @@ def open_db(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> SqlDb:
         db.execute("DROP SCHEMA public CASCADE")
         db.execute("CREATE SCHEMA public")
         return db
-    name = request.getfixturevalue("mysql_store_database")
+    store_db: MysqlStoreDatabase = request.getfixturevalue("mysql_store_database")
     conn = pymysql.connect(
         host=MYSQL_HOST,
         port=MYSQL_PORT,
         user=MYSQL_USER,
         password="",
-        database=name,
+        database=store_db.name,
         autocommit=True,
     )
-    db = SqlDb(kind, f"//{MYSQL_HOST}:{MYSQL_PORT}/{name}?user={MYSQL_USER}", conn)
+    credentials = urllib.parse.urlencode(
+        {"user": store_db.user, "password": store_db.password}
+    )
+    server = f"{MYSQL_HOST}:{MYSQL_PORT}"
+    db = SqlDb(kind, f"//{server}/{store_db.name}?{credentials}", conn)
+    db.store_user = store_db.user
     for (table,) in db.execute("SHOW TABLES"):
         db.execute(f"DROP TABLE `{table}`")
     return db

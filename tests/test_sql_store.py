@@ -29,6 +29,7 @@ from mxisd_flask.app import create_app
 from mxisd_flask.crypto.hashing import lookup_hash
 from mxisd_flask.errors import ConfigError, MatrixError, StoreError
 from mxisd_flask.model import normalise_address
+from mxisd_flask.services.hash_index import RETRY_S, HashIndex
 from mxisd_flask.stores.base import Capability, DirectoryEntry, Profile
 from mxisd_flask.stores.listing import normalise_listed
 from mxisd_flask.stores.sql import SqlIdentityStore
@@ -271,7 +272,7 @@ def test_unreachable_database_lets_the_others_answer(
     assert any("lookup link failed store=sql" in r.getMessage() for r in caplog.records)
 
 
-def test_hashed_lookup_survives_an_unreachable_database(
+def test_hashed_lookup_answers_from_the_others_while_the_database_is_down(
     org_db: SqlDb, make_app: AppFactory, homeserver: Homeserver
 ) -> None:
     section = org_section(org_db)
@@ -631,3 +632,81 @@ def test_listed_emails_agree_with_lookups_on_random_addresses() -> None:
             disagree.append(address)
 
     assert disagree == []
+
+
+def test_database_going_down_and_back_mid_run(
+    org_db: SqlDb, make_app: AppFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = make_app(sql=org_section(org_db)).test_client()
+    store = sql_store(client.application)
+    assert (
+        v1_lookup(client, "email", "anna@example.org")["mxid"] == "@asmith:example.org"
+    )
+    caplog.set_level(logging.WARNING, logger="mxisd_flask")
+
+    org_db.go_down()
+    try:
+        assert v1_lookup(client, "email", "anna@example.org") == {}
+        assert v1_lookup(client, "email", "alice@example.org")["mxid"] == (
+            "@alice:example.org"
+        )
+        with pytest.raises(StoreError):
+            list(store.iter_threepids())
+    finally:
+        org_db.come_back()
+
+    assert (
+        v1_lookup(client, "email", "anna@example.org")["mxid"] == "@asmith:example.org"
+    )
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("lookup link failed store=sql" in m for m in warnings)
+    assert not any("anna@example.org" in m for m in warnings)
+
+
+@pytest.mark.parametrize("org_db", ["postgresql", "mysql"], indirect=True)
+def test_listing_reconnects_and_outlasts_the_statement_limit(
+    org_db: SqlDb, make_app: AppFactory
+) -> None:
+    section = org_section(org_db, timeout=1)
+    sleep = "pg_sleep(1.5)" if org_db.kind == "postgresql" else "SLEEP(0.3)"
+    listing = section["lookup"]["query"]
+    if org_db.kind == "postgresql":
+        section["lookup"]["query"] = listing.replace(
+            " FROM contacts", f" FROM contacts, {sleep}"
+        )
+    else:
+        section["lookup"]["query"] = listing + f" WHERE {sleep} = 0"
+    store = sql_store(make_app(sql=section))
+    assert len(list(store.iter_threepids())) == 5
+    org_db.drop_store_connections()
+
+    # Each listing takes 1.5 s or more, past the 1 s limit of one lookup.
+    assert len(list(store.iter_threepids())) == 5
+
+
+def test_index_built_while_a_store_is_down_is_rebuilt_soon(
+    org_db: SqlDb, make_app: AppFactory
+) -> None:
+    stores = make_app(sql=org_section(org_db)).extensions["mxisd"].stores
+    now = [1000.0]
+    index = HashIndex(
+        stores, refresh_s=300, build_timeout_s=5, monotonic=lambda: now[0]
+    )
+    alice = lookup_hash("alice@example.org", "email", "p")
+    anna = lookup_hash("anna@example.org", "email", "p")
+    org_db.go_down()
+    try:
+        assert index.lookup([alice, anna], "p") == {alice: "@alice:example.org"}
+    finally:
+        org_db.come_back()
+
+    now[0] += RETRY_S + 1
+    index.lookup([], "p")  # starts the rebuild; answers from the partial table
+    deadline = time.monotonic() + 5
+    while index._building is not None and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+    assert index.lookup([alice, anna], "p") == {
+        alice: "@alice:example.org",
+        anna: "@asmith:example.org",
+    }

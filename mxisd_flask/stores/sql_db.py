@@ -39,6 +39,9 @@ KINDS = {"sqlite": "sqlite", "postgresql": "postgresql", "mysql": "mysql"}
 KINDS["mariadb"] = "mysql"  # one driver (PyMySQL) speaks to both
 DEFAULT_PORTS = {"postgresql": 5432, "mysql": 3306}
 BATCH_ROWS = 10000  # rows per fetch when listing a whole table
+# A listing feeds the hash index in the background and may rightly take far
+# longer than a lookup; this only ends one that hangs.
+LISTING_TIMEOUT_S = 600
 # MySQL client errors meaning the connection is gone, not the query wrong.
 MYSQL_LOST = {2006, 2013, 2055}
 
@@ -159,12 +162,22 @@ class SqlDatabase:
         raise AssertionError("unreachable")  # _fail raised on the second attempt
 
     def stream(self, query: Query) -> Iterator[Row]:
-        """Rows of ``query`` in batches, without holding them all in memory."""
-        conn = self._connection()
-        try:
-            yield from self._batches(conn, query)
-        except DRIVER_ERRORS as exc:
-            self._fail(exc, query, (), retry=False)
+        """Rows of ``query`` in batches, without holding them all in memory.
+
+        Reconnects once if the server dropped us before the first row.
+        """
+        for attempt in (1, 2):
+            fresh = getattr(self._local, "conn", None) is None
+            conn = self._connection()
+            started = False
+            try:
+                for row in self._batches(conn, query):
+                    started = True
+                    yield row
+                return
+            except DRIVER_ERRORS as exc:
+                retry = attempt == 1 and not fresh and not started
+                self._fail(exc, query, (), retry=retry)
 
     def columns(self, query: Query) -> list[str]:
         """The (lower-cased) column names ``query`` returns, without its rows.
@@ -290,23 +303,39 @@ class SqlDatabase:
         if self.target.kind == "postgresql":
             yield from self._pg_batches(conn, query)
             return
-        cursor = (
-            conn.cursor(pymysql.cursors.SSCursor)
-            if self.target.kind == "mysql"
-            else conn.cursor()
-        )
+        if self.target.kind == "mysql":
+            yield from self._mysql_batches(conn, query)
+            return
+        cursor = conn.cursor()
         try:
-            self._execute(cursor, query, ())
+            self._local.deadline = time.monotonic() + LISTING_TIMEOUT_S
+            cursor.execute(query.text)
             while batch := cursor.fetchmany(BATCH_ROWS):
                 yield from batch
-                self._local.deadline = time.monotonic() + self.target.timeout_s
         finally:
             cursor.close()
+
+    def _mysql_batches(self, conn: Any, query: Query) -> Iterator[Row]:
+        # An unbuffered cursor streams the rows; the server counts the whole
+        # stream as one statement.
+        _limit_mysql_statements(conn, LISTING_TIMEOUT_S)
+        cursor = conn.cursor(pymysql.cursors.SSCursor)
+        try:
+            cursor.execute(query.text)
+            while batch := cursor.fetchmany(BATCH_ROWS):
+                yield from batch
+        finally:
+            cursor.close()
+        _limit_mysql_statements(conn, self.target.timeout_s)
 
     def _pg_batches(self, conn: Any, query: Query) -> Iterator[Row]:
         # A named cursor keeps the result on the server; it needs a transaction.
         conn.autocommit = False
         try:
+            with conn.cursor() as plain:
+                plain.execute(
+                    "SET LOCAL statement_timeout = %s", (LISTING_TIMEOUT_S * 1000,)
+                )
             with conn.cursor(name="mxisd_listing") as cursor:
                 cursor.itersize = BATCH_ROWS
                 cursor.execute(query.text)
@@ -331,7 +360,7 @@ class SqlDatabase:
 
 
 def _limit_mysql_statements(conn: Any, timeout_s: float) -> None:
-    """Have the server stop a statement after ``timeout_s``, not run on."""
+    """Have the server stop a statement after ``timeout_s`` (0: never)."""
     with conn.cursor() as cursor:
         try:
             cursor.execute("SET SESSION max_statement_time = %s", (timeout_s,))
