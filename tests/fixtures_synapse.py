@@ -319,7 +319,10 @@ def start_mxisd(
         "dns": {
             "overwrite": {
                 "homeserver": {
-                    "federation": [{"name": SERVER_NAME, "value": synapse_url}]
+                    # Onbind and OpenID checks, then directory search and
+                    # login interception: Synapse serves both on one port.
+                    "federation": [{"name": SERVER_NAME, "value": synapse_url}],
+                    "client": [{"name": SERVER_NAME, "value": synapse_url}],
                 }
             }
         },

@@ -89,11 +89,15 @@ class DirectoryService:
         return None if answer.status == 200 else answer
 
     def _from_stores(self, term: str) -> list[DirectoryEntry]:
-        by_threepid = not self._config.exclude_threepid
+        # A search by name, then one by 3PID: the stores on mxisd's backend
+        # APIs (LDAP, REST, exec) answer one kind per call, by_threepid=True
+        # meaning 3PIDs only. _merge drops the users both searches found.
+        kinds = [False] if self._config.exclude_threepid else [False, True]
         found: list[DirectoryEntry] = []
         for store in self._stores:
             try:
-                found += store.directory_search(term, by_threepid)
+                for by_threepid in kinds:
+                    found += store.directory_search(term, by_threepid)
             except StoreError as exc:
                 logger.warning("directory store failed store=%s: %s", store.name, exc)
         return found
