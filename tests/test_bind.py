@@ -170,7 +170,7 @@ def test_unbind_with_a_session_for_another_address_is_forbidden(
     assert lookup.get_json()["mxid"] == "@carol:example.org"
 
 
-def test_unbind_without_session_is_refused_until_signed_requests_exist(
+def test_unbind_without_session_or_signature_is_refused(
     client: FlaskClient,
 ) -> None:
     response = client.post(

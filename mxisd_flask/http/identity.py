@@ -91,14 +91,22 @@ def make_blueprint(version: str) -> Blueprint:
 
     @bp.post("/3pid/unbind")
     def unbind() -> Response:
-        """POST /_matrix/identity/v2/3pid/unbind"""
-        user = caller()
+        """POST /_matrix/identity/v2/3pid/unbind (with a session, or signed by
+        the user's homeserver: X-Matrix authorization, no access token)"""
+        signed = request.headers.get("Authorization", "").startswith("X-Matrix ")
+        user = None if signed else caller()
         body = json_body()
         (mxid,) = require_str(body, "mxid")
         threepid = body.get("threepid")
         if not isinstance(threepid, dict):
             raise MissingParams("Missing parameters: threepid")
         medium, address = require_str(threepid, "medium", "address")
+        if signed:
+            origin = services().server_auth.verify(
+                request.headers["Authorization"], "POST", signed_uri(), body
+            )
+            services().bind.unbind_by_homeserver(origin, mxid, medium, address)
+            return jsonify({})
         services().bind.unbind(
             optional_str(body, "sid"),
             optional_str(body, "client_secret"),
@@ -275,6 +283,12 @@ def _add_v1_only(bp: Blueprint) -> None:
             raise InvalidParam("threepids must be a list of [medium, address] pairs")
         pairs = [(m, a) for m, a in threepids]
         return jsonify({"threepids": services().lookups.bulk_lookup(pairs)})
+
+
+def signed_uri() -> str:
+    """The request's path and query, as a signing server wrote them."""
+    query = request.query_string.decode("ascii", "replace")
+    return f"{request.path}?{query}" if query else request.path
 
 
 def _query(name: str) -> str:

@@ -30,6 +30,7 @@ from mxisd_flask.services.notifications import (
 )
 from mxisd_flask.services.onbind import OnbindService, invite_config
 from mxisd_flask.services.pepper import PepperService
+from mxisd_flask.services.server_auth import ServerAuth, ServerKeys, our_names
 from mxisd_flask.services.sessions import SessionService
 from mxisd_flask.services.worker import BackgroundWorker
 from mxisd_flask.storage.db import Database
@@ -62,6 +63,7 @@ class Services:
     notifications: NotificationService
     notify: NotifySettings
     login: LoginService
+    server_auth: ServerAuth
 
 
 def build_services(
@@ -142,6 +144,10 @@ def build_services(
         notify=notify,
         login=LoginService(
             chain.lookup, homeserver, rewrite_rules(config.values), config.domain
+        ),
+        server_auth=ServerAuth(
+            ServerKeys(outbound, config.federation_overrides, clock),
+            our_names(config.server.name, config.server.public_url),
         ),
     )
 

@@ -89,11 +89,9 @@ class BindService:
         if caller is not None and caller != mxid:
             raise Unauthorized("You may only unbind 3PIDs from your own Matrix ID")
         if sid is None or client_secret is None:
-            # TODO(#4): accept homeserver-signed unbind requests (X-Matrix auth);
-            # until then an unbind needs the sid and client_secret of a session,
-            # and one without them sends no fraud warning: it may be a
-            # homeserver's signed request we cannot check yet.
-            raise Forbidden("Unbind requires sid and client_secret on this server")
+            raise Forbidden(
+                "Unbind requires sid and client_secret, or a homeserver's signature"
+            )
         address = normalise_address(medium, address)
         self._prove_or_warn(sid, client_secret, mxid, medium, address)
 
@@ -134,3 +132,18 @@ class BindService:
             # Logged by the notification service; the caller still gets the
             # refusal of the unbind, not a send error.
             return
+
+    def unbind_by_homeserver(
+        self, origin: str, mxid: str, medium: str, address: str
+    ) -> None:
+        """Remove a binding at the request of the mxid's own homeserver,
+        ``origin`` (whose signature the caller checked)."""
+        check_mxid(mxid)
+        if mxid.split(":", 1)[1].lower() != origin.lower():
+            raise Forbidden("Only the user's own homeserver may unbind for them")
+        address = normalise_address(medium, address)
+
+        with self._db.write() as cur:
+            removed = self._storage.delete(cur, medium, address, mxid)
+        if removed:
+            logger.info("unbind mxid=%s medium=%s by=%s", mxid, medium, origin)
