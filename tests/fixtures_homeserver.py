@@ -59,6 +59,11 @@ class FakeHomeserver:
     def on(self, method: str, path: str, handler: Handler) -> None:
         self.routes[(method, path)] = handler
 
+    def forget(self) -> None:
+        """Drop the requests recorded so far (a server shared by several tests)."""
+        with self._received:
+            self.requests.clear()
+
     def calls(self, path: str) -> list[Recorded]:
         with self._received:
             return [r for r in self.requests if r.path == path]
