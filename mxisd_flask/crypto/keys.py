@@ -71,3 +71,21 @@ def sign_json(obj: dict[str, Any], server_name: str, key: SigningKey) -> dict[st
     """Return ``obj`` with our signature added under ``signatures``."""
     signed: dict[str, Any] = signedjson.sign.sign_json(dict(obj), server_name, key)
     return signed
+
+
+def verify_signature(
+    obj: dict[str, Any], server_name: str, key_id: str, public_key: str
+) -> bool:
+    """Whether ``obj`` carries a valid signature by ``server_name``'s key."""
+    algorithm, _, version = key_id.partition(":")
+    if algorithm != "ed25519" or not version:
+        return False
+    try:
+        verify_key = signedjson.key.decode_verify_key_base64(
+            algorithm, version, public_key
+        )
+        signedjson.sign.verify_signed_json(obj, server_name, verify_key)
+    except (signedjson.sign.SignatureVerifyException, ValueError):
+        # ValueError: the published key is not base64 or not 32 bytes.
+        return False
+    return True

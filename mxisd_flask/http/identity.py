@@ -23,6 +23,7 @@ from mxisd_flask.http.request import (
     access_token,
     authenticated_user,
     json_body,
+    may_recurse,
     optional_str,
     require_int,
     require_str,
@@ -261,7 +262,9 @@ def _add_v2_only(bp: Blueprint) -> None:
             isinstance(a, str) for a in addresses
         ):
             raise InvalidParam("addresses must be a list of strings")
-        mappings = services().lookups.lookup_v2(algorithm, pepper, addresses)
+        mappings = services().lookups.lookup_v2(
+            algorithm, pepper, addresses, recursive=may_recurse()
+        )
         return jsonify({"mappings": mappings})
 
 
@@ -270,7 +273,8 @@ def _add_v1_only(bp: Blueprint) -> None:
     def lookup_v1() -> Response:
         """GET /_matrix/identity/api/v1/lookup"""
         medium, address = require_str(request.args, "medium", "address")
-        return jsonify(services().lookups.lookup_v1(medium, address))
+        answer = services().lookups.lookup_v1(medium, address, may_recurse())
+        return jsonify(answer)
 
     @bp.post("/bulk_lookup")
     def bulk_lookup() -> Response:
@@ -282,7 +286,8 @@ def _add_v1_only(bp: Blueprint) -> None:
         ):
             raise InvalidParam("threepids must be a list of [medium, address] pairs")
         pairs = [(m, a) for m, a in threepids]
-        return jsonify({"threepids": services().lookups.bulk_lookup(pairs)})
+        found = services().lookups.bulk_lookup(pairs, may_recurse())
+        return jsonify({"threepids": found})
 
 
 def signed_uri() -> str:

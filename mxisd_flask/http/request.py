@@ -12,6 +12,7 @@ from flask import current_app, g, request
 
 from mxisd_flask.errors import BadJson, InvalidParam, MissingParams, NotJson
 from mxisd_flask.services import Services
+from mxisd_flask.stores.remote import MARKER_HEADER
 
 
 def services() -> Services:
@@ -131,3 +132,10 @@ def client_address() -> str:
             return candidate
         candidate = hop
     return candidate
+
+
+def may_recurse() -> bool:
+    """Whether this lookup may ask other identity servers (the client's
+    address after our proxies, and no recursion marker of ours)."""
+    marked = MARKER_HEADER in request.headers
+    return services().recursion.allows(client_address(), marked)

@@ -30,6 +30,7 @@ from mxisd_flask.services.notifications import (
 )
 from mxisd_flask.services.onbind import OnbindService, invite_config
 from mxisd_flask.services.pepper import PepperService
+from mxisd_flask.services.recursion import RecursionPolicy, RemoteLookup
 from mxisd_flask.services.server_auth import ServerAuth, ServerKeys, our_names
 from mxisd_flask.services.sessions import SessionService
 from mxisd_flask.services.worker import BackgroundWorker
@@ -64,6 +65,7 @@ class Services:
     notify: NotifySettings
     login: LoginService
     server_auth: ServerAuth
+    recursion: RecursionPolicy
 
 
 def build_services(
@@ -84,7 +86,6 @@ def build_services(
         refresh_s=config.values["hashing.index.refresh"],
         build_timeout_s=config.values["hashing.index.buildTimeout"],
     )
-    chain = LookupChain(LocalBindingProvider(db), stores, index)
     notifications = NotificationService(config, build_handlers(config, mail_sender))
     sessions = SessionService(
         db, notifications, clock, config.session_ttl_s, config.validation_enabled
@@ -97,11 +98,13 @@ def build_services(
         nameservers=recursion.nameservers,
         ca_file=_ca_file(config),
     )
-    # Local-only resolution of invites: our bindings and configured stores.
-    local_chain = LookupChain(LocalBindingProvider(db), stores, index)
+    remote = RemoteLookup(recursion, outbound, via=config.server.name)
+    chain = LookupChain(LocalBindingProvider(db), stores, index, remote)
     onbind = OnbindService(
         db,
-        (chain.lookup, local_chain.lookup),
+        # invite.resolution.recursive picks one: with the remotes, or local
+        # only (our bindings and configured stores).
+        (lambda m, a: chain.lookup(m, a, recursive=True), chain.lookup),
         keys,
         outbound,
         config.federation_overrides,
@@ -149,6 +152,7 @@ def build_services(
             ServerKeys(outbound, config.federation_overrides, clock),
             our_names(config.server.name, config.server.public_url),
         ),
+        recursion=RecursionPolicy(recursion),
     )
 
 

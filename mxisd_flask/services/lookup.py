@@ -1,4 +1,5 @@
-"""The lookup chain: identity stores asked in order until one answers."""
+"""The lookup chain: identity stores asked in order until one answers, then
+(for a request that may recurse) other identity servers."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from collections.abc import Sequence
 
 from mxisd_flask.errors import StoreError
 from mxisd_flask.services.hash_index import HashIndex
+from mxisd_flask.services.recursion import Found, RemoteLookup
 from mxisd_flask.storage.bindings import BindingStorage
 from mxisd_flask.storage.db import Database
 from mxisd_flask.stores.base import Capability, IdentityStore, ThreePid
@@ -39,10 +41,11 @@ class LocalBindingProvider(IdentityStore):
 
 
 class LookupChain:
-    """Chain of responsibility: local bindings, then the stores in order.
+    """Chain of responsibility: local bindings, the stores in order, then
+    (``recursive=True`` only) the remote identity servers.
 
-    A store that fails is logged and skipped; the chain answers with what
-    the others know.
+    A store or remote that fails is logged and skipped; the chain answers
+    with what the others know.
     """
 
     def __init__(
@@ -50,12 +53,19 @@ class LookupChain:
         bindings: LocalBindingProvider,
         stores: Sequence[IdentityStore],
         index: HashIndex,
+        remote: RemoteLookup | None = None,
     ) -> None:
         self._bindings = bindings
         self._stores = [bindings] + [s for s in stores if s.supports(Capability.LOOKUP)]
         self._index = index
+        self._remote = remote
 
-    def lookup(self, medium: str, address: str) -> str | None:
+    def lookup(self, medium: str, address: str, recursive: bool = False) -> str | None:
+        found = self.find(medium, address, recursive)
+        return found.mxid if found else None
+
+    def find(self, medium: str, address: str, recursive: bool = False) -> Found | None:
+        """The mxid, and a remote's signed association when a remote answered."""
         for store in self._stores:
             try:
                 mxid = store.lookup(medium, address)
@@ -64,10 +74,14 @@ class LookupChain:
                 continue
             if mxid is not None:
                 logger.debug("lookup answered store=%s", store.name)
-                return mxid
+                return Found(mxid)
+        if recursive and self._remote is not None:
+            return self._remote.lookup(medium, address)
         return None
 
-    def bulk_lookup(self, threepids: Sequence[ThreePid]) -> dict[ThreePid, str]:
+    def bulk_lookup(
+        self, threepids: Sequence[ThreePid], recursive: bool = False
+    ) -> dict[ThreePid, str]:
         found: dict[ThreePid, str] = {}
         remaining = list(dict.fromkeys(threepids))
         for store in self._stores:
@@ -80,6 +94,8 @@ class LookupChain:
                 continue
             found.update(answers)
             remaining = [tp for tp in remaining if tp not in found]
+        if recursive and remaining and self._remote is not None:
+            found.update(self._remote.bulk_lookup(remaining))
         return found
 
     def hashed_lookup(self, hashes: Sequence[str], pepper: str) -> dict[str, str]:

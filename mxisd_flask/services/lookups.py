@@ -37,18 +37,29 @@ class LookupService:
     def _algorithms(self) -> tuple[str, ...]:
         return self._config.algorithms if self._config.enabled else ("none",)
 
-    def lookup_v1(self, medium: str, address: str) -> dict[str, Any]:
-        """GET /_matrix/identity/api/v1/lookup: signed association or {}."""
+    def lookup_v1(
+        self, medium: str, address: str, recursive: bool = False
+    ) -> dict[str, Any]:
+        """GET /_matrix/identity/api/v1/lookup: signed association or {}.
+
+        A remote's association keeps the remote's signature and gets ours
+        beside it: a client that checks the server it asked (us) accepts it,
+        and the remote's signature still shows where it came from.
+        """
         try:
             address = normalise_address(medium, address)
         except MatrixError:
             return {}
-        mxid = self._chain.lookup(medium, address)
-        if mxid is None:
+        found = self._chain.find(medium, address, recursive)
+        if found is None:
             return {}
-        return self._keys.association(medium, address, mxid)
+        if found.association is not None:
+            return self._keys.sign(found.association)
+        return self._keys.association(medium, address, found.mxid)
 
-    def bulk_lookup(self, threepids: Sequence[tuple[str, str]]) -> list[list[str]]:
+    def bulk_lookup(
+        self, threepids: Sequence[tuple[str, str]], recursive: bool = False
+    ) -> list[list[str]]:
         """POST bulk_lookup: [[medium, address, mxid], ...] for the known ones."""
         if len(threepids) > MAX_LOOKUP_ADDRESSES:
             raise InvalidParam(f"At most {MAX_LOOKUP_ADDRESSES} 3PIDs per lookup")
@@ -58,11 +69,15 @@ class LookupService:
                 wanted[(medium, normalise_address(medium, address))] = (medium, address)
             except MatrixError:
                 continue
-        found = self._chain.bulk_lookup(list(wanted))
+        found = self._chain.bulk_lookup(list(wanted), recursive)
         return [[*wanted[tp], mxid] for tp, mxid in found.items()]
 
     def lookup_v2(
-        self, algorithm: str, pepper: str, addresses: Sequence[str]
+        self,
+        algorithm: str,
+        pepper: str,
+        addresses: Sequence[str],
+        recursive: bool = False,
     ) -> dict[str, str]:
         """POST /_matrix/identity/v2/lookup: {hash or "address medium": mxid}."""
         if len(addresses) > MAX_LOOKUP_ADDRESSES:
@@ -77,10 +92,12 @@ class LookupService:
                 lookup_pepper=current,
             )
         if algorithm == "sha256":
+            # Never recursive: the hashes are under our pepper, which no
+            # remote knows, and cannot be turned back into addresses.
             return self._chain.hashed_lookup(addresses, current)
-        return self._plain(addresses)
+        return self._plain(addresses, recursive)
 
-    def _plain(self, addresses: Sequence[str]) -> dict[str, str]:
+    def _plain(self, addresses: Sequence[str], recursive: bool) -> dict[str, str]:
         wanted: dict[tuple[str, str], str] = {}
         for entry in addresses:
             address, _, medium = entry.rpartition(" ")
@@ -88,5 +105,5 @@ class LookupService:
                 wanted[(medium, normalise_address(medium, address))] = entry
             except MatrixError:
                 continue
-        found = self._chain.bulk_lookup(list(wanted))
+        found = self._chain.bulk_lookup(list(wanted), recursive)
         return {wanted[tp]: mxid for tp, mxid in found.items()}
