@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 
-.PHONY: run test lint bench clean sysdeps
+.PHONY: run test lint bench clean sysdeps deb lock
 
 $(BIN)/mxisd: setup.py setup.cfg
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,21 @@ lint: $(BIN)/mxisd
 
 bench: $(BIN)/mxisd
 	$(BIN)/python bench/lookup_bench.py
+
+# The Debian package, in ..; see docs/deployment.md.
+deb:
+	dpkg-buildpackage -us -uc -b
+
+# Pin what the package bundles: install_requires resolved afresh with
+# Debian's python3.11, written to debian/requirements.txt.
+lock:
+	rm -rf var/lock-venv
+	/usr/bin/python3.11 -m venv var/lock-venv
+	var/lock-venv/bin/pip install --quiet .
+	{ grep '^#' debian/requirements.txt; \
+	  var/lock-venv/bin/pip freeze --exclude mxisd-flask; } > var/requirements.txt
+	mv var/requirements.txt debian/requirements.txt
+	rm -rf var/lock-venv build mxisd_flask.egg-info
 
 clean:
 	rm -rf $(VENV) var
