@@ -197,6 +197,17 @@ def _build_into(done: Path, files: list[str], version: str) -> None:
     assert code == 0, "dpkg-buildpackage failed:\n" + log.read_text()[-6000:]
     shutil.rmtree(source)
     work.rename(done)
+    _prune_cache(keep=6)
+
+
+def _prune_cache(keep: int) -> None:
+    """Old builds go: each source change adds two packages."""
+    built = sorted(
+        (path for path in CACHE.iterdir() if path.is_dir() and len(path.name) == 20),
+        key=lambda path: path.stat().st_mtime,
+    )
+    for path in built[:-keep]:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 class Builds:
