@@ -5,6 +5,7 @@ import pytest
 from conftest import V1, ConfigFactory, FakeClock, Homeserver, homeserver_config
 from mxisd_flask.app import create_app
 from mxisd_flask.config import Config
+from mxisd_flask.storage.bindings import BindingStorage
 from mxisd_flask.storage.db import MIGRATIONS, Database
 
 
@@ -58,3 +59,30 @@ def test_v1_paths_can_be_turned_off(
 
     assert client.get(V1).status_code == 404
     assert client.get("/_matrix/identity/v2").status_code == 200
+
+
+def test_bindings_by_hashes_finds_every_match_over_several_chunks(
+    config: Config,
+) -> None:
+    db = Database(config.storage)
+    db.migrate()
+    storage = BindingStorage()
+    # mxids JSON must escape, as the SQLite path carries them in a JSON object.
+    awkward = ['@a"b:example.org', "@c\\d:example.org", "@\u00e9t\u00e9:example.org"]
+    with db.write() as cur:
+        for i in range(1200):
+            mxid = awkward[i] if i < len(awkward) else f"@u{i}:example.org"
+            storage.upsert(cur, "email", f"u{i}@example.org", mxid, f"hash{i}", 1)
+    # Every other hash is bound; misses and a repeat are mixed in.
+    wanted = [f"hash{i}" for i in range(0, 1200, 2)] + ["nothing", "hash0"]
+    wanted += [f"miss{i}" for i in range(600)]
+
+    with db.read() as cur:
+        found = storage.by_hashes(cur, wanted)
+        assert storage.by_hashes(cur, ["miss1", "miss2"]) == {}
+
+    assert found == {
+        f"hash{i}": awkward[i] if i < len(awkward) else f"@u{i}:example.org"
+        for i in range(0, 1200, 2)
+    }
+    db.close()

@@ -22,6 +22,7 @@ from mxisd_flask.errors import (
 from mxisd_flask.http.request import (
     access_token,
     authenticated_user,
+    is_str_list,
     json_body,
     may_recurse,
     optional_str,
@@ -258,9 +259,7 @@ def _add_v2_only(bp: Blueprint) -> None:
         body = json_body()
         algorithm, pepper = require_str(body, "algorithm", "pepper")
         addresses = body.get("addresses")
-        if not isinstance(addresses, list) or not all(
-            isinstance(a, str) for a in addresses
-        ):
+        if not is_str_list(addresses):
             raise InvalidParam("addresses must be a list of strings")
         mappings = services().lookups.lookup_v2(
             algorithm, pepper, addresses, recursive=may_recurse()

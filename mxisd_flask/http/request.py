@@ -6,7 +6,7 @@ import ipaddress
 import json
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeGuard
 
 from flask import current_app, g, request
 
@@ -75,6 +75,13 @@ def require_str(body: Mapping[str, Any], *names: str) -> list[str]:
             raise InvalidParam(f"{name} must be a string")
         values.append(value)
     return values
+
+
+def is_str_list(value: object) -> TypeGuard[list[str]]:
+    """Whether ``value`` is a list of strings. JSON decodes to exact types, so
+    comparing the set of item types suffices: one loop in C rather than one
+    call per item, for the up to 10,000 hashes of a v2 lookup."""
+    return isinstance(value, list) and set(map(type, value)) <= {str}
 
 
 def optional_str(body: Mapping[str, Any], name: str) -> str | None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import sqlite3
 from collections.abc import Callable, Sequence
 
 from mxisd_flask.storage.db import Cursor
@@ -43,6 +45,9 @@ class BindingStorage:
         found: dict[str, str] = {}
         for chunk in _chunks(hashes):
             marks = ", ".join("?" * len(chunk))
+            if isinstance(cur, sqlite3.Cursor):
+                found.update(_sqlite_by_hashes(cur, marks, chunk))
+                continue
             cur.execute(
                 "SELECT lookup_hash, mxid FROM bindings "
                 f"WHERE lookup_hash IN ({marks})",
@@ -83,6 +88,23 @@ class BindingStorage:
             "UPDATE bindings SET lookup_hash = ? WHERE medium = ? AND address = ?", rows
         )
         return len(rows)
+
+
+def _sqlite_by_hashes(
+    cur: sqlite3.Cursor, marks: str, chunk: list[str]
+) -> dict[str, str]:
+    """One row holding every match as a JSON object. Python's sqlite3 lets go
+    of the GIL and takes it back around each row it steps to; under gunicorn's
+    threads every one of those hand-overs can stall this request behind
+    another. Aggregated, the index probes all run in one step, without the
+    GIL, so a worker's other threads run meanwhile (bench/RESULTS.md)."""
+    cur.execute(
+        "SELECT json_group_object(lookup_hash, mxid) FROM bindings "
+        f"WHERE lookup_hash IN ({marks})",
+        chunk,
+    )
+    found: dict[str, str] = json.loads(cur.fetchone()[0])
+    return found
 
 
 class HashStateStorage:
