@@ -261,8 +261,11 @@ def _add_v2_only(bp: Blueprint) -> None:
         addresses = body.get("addresses")
         if not is_str_list(addresses):
             raise InvalidParam("addresses must be a list of strings")
+        # Hashed lookups never recurse (LookupService.lookup_v2): no need to
+        # work out whether this client may.
+        recursive = algorithm != "sha256" and may_recurse()
         mappings = services().lookups.lookup_v2(
-            algorithm, pepper, addresses, recursive=may_recurse()
+            algorithm, pepper, addresses, recursive=recursive
         )
         return jsonify({"mappings": mappings})
 

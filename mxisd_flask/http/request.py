@@ -144,5 +144,10 @@ def client_address() -> str:
 def may_recurse() -> bool:
     """Whether this lookup may ask other identity servers (the client's
     address after our proxies, and no recursion marker of ours)."""
+    policy = services().recursion
+    if not policy.enabled:
+        # The usual case: no need to work out the client's address (about a
+        # tenth of a v1 lookup's time in the app).
+        return False
     marked = MARKER_HEADER in request.headers
-    return services().recursion.allows(client_address(), marked)
+    return policy.allows(client_address(), marked)
