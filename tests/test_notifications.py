@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import html
 import re
+import urllib.parse
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any, ClassVar
@@ -259,6 +260,14 @@ def rendered_values(message: EmailMessage) -> dict[str, str]:
     return dict(found)
 
 
+def assert_every_url_encoded_form(values: dict[str, str], names: list[str]) -> None:
+    """Each <NAME>_URL_ENCODED marker was replaced by its value, percent-encoded
+    (an unknown marker would have stayed as written)."""
+    for name in names:
+        encoded = urllib.parse.quote(values[name], safe="")
+        assert values[f"{name}_URL_ENCODED"] == encoded, name
+
+
 def test_every_invite_placeholder_and_its_url_encoded_form(
     make_config: ConfigFactory, clock: FakeClock, mailbox: Mailbox, tmp_path: Path
 ) -> None:
@@ -290,6 +299,7 @@ def test_every_invite_placeholder_and_its_url_encoded_form(
     assert values["REGISTER_URL"] == "https://r/"
     assert values["REGISTER_URL_URL_ENCODED"] == "https%3A%2F%2Fr%2F"
     assert "%" not in "".join(v for k, v in values.items() if "URL_ENCODED" not in k)
+    assert_every_url_encoded_form(values, EVERY_PLACEHOLDER["invite"])
 
 
 def test_or_id_placeholders_fall_back_to_the_ids(
@@ -335,6 +345,7 @@ def test_every_validation_placeholder(
     assert values["NEXT_URL"] == "https://app.example.org/next"
     assert values["NEXT_URL_URL_ENCODED"] == "https%3A%2F%2Fapp.example.org%2Fnext"
     assert values["RECIPIENT_ADDRESS"] == "carol@example.org"
+    assert_every_url_encoded_form(values, EVERY_PLACEHOLDER["validation"])
 
 
 def send_event(app: Any, event: str, medium: str, address: str, room: str) -> None:

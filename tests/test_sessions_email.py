@@ -263,6 +263,7 @@ def test_disabled_validation_policy_forbids_sessions(
 
     assert response.status_code == 403
     assert response.get_json()["errcode"] == "M_FORBIDDEN"
+    assert "session.policy.validation.enabled" in response.get_json()["error"]
     assert mailbox.messages == []
 
 

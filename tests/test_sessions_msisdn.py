@@ -4,6 +4,7 @@ to a local server that speaks Twilio's Messages API."""
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -321,6 +322,36 @@ def test_get_submit_token_shows_success_then_expired_pages(
     assert late.status_code == 400
     assert late.mimetype == "text/html"
     assert "expired" in late.get_data(as_text=True)
+
+
+@pytest.mark.parametrize("prefix", [V1, V2])
+def test_get_submit_token_pages_are_the_admin_templates(
+    make_config: ConfigFactory,
+    twilio: TwilioServer,
+    clock: FakeClock,
+    tmp_path: Path,
+    prefix: str,
+) -> None:
+    pages = {}
+    for name in ("success", "failure"):
+        pages[name] = tmp_path / f"{name}.html"
+        pages[name].write_text(f"<p>{name.upper()} %ERROR%</p>")
+    view = {"session": {"onTokenSubmit": {k: str(v) for k, v in pages.items()}}}
+    config = make_config(view=view, **twilio_config(twilio))
+    client = create_app(config, clock=clock).test_client()
+    sid = request_sms(client).get_json()["sid"]
+    query = {"sid": sid, "client_secret": "secret-1"}
+    url = f"{prefix}/validate/msisdn/submitToken"
+    code = twilio.code()
+
+    wrong = client.get(url, query_string={**query, "token": f"{code}0"})
+    right = client.get(url, query_string={**query, "token": code})
+
+    assert wrong.status_code == 400
+    assert wrong.get_data(as_text=True) == "<p>FAILURE The token is incorrect</p>"
+    # The success page has no %ERROR%: the marker stays as the admin wrote it.
+    assert right.status_code == 200
+    assert right.get_data(as_text=True) == "<p>SUCCESS %ERROR%</p>"
 
 
 def test_form_encoded_v1_request_token(
