@@ -4,7 +4,19 @@ import signedjson.key
 import signedjson.sign
 from flask.testing import FlaskClient
 
-from conftest import V1, V2, Homeserver, Mailbox, bearer, register, text_of
+from conftest import (
+    V1,
+    V2,
+    ConfigFactory,
+    FakeClock,
+    Homeserver,
+    Mailbox,
+    bearer,
+    free_port,
+    register,
+    text_of,
+)
+from mxisd_flask.app import create_app
 
 INVITE = {
     "medium": "email",
@@ -158,3 +170,28 @@ def test_store_invite_refuses_malformed_room_ids(client: FlaskClient) -> None:
         )
 
         assert response.get_json()["errcode"] == "M_INVALID_PARAM", room_id
+
+
+def test_store_invite_of_a_malformed_email_is_invalid_email(
+    client: FlaskClient, mailbox: Mailbox
+) -> None:
+    response = client.post(f"{V1}/store-invite", json={**INVITE, "address": "erin@"})
+
+    assert response.status_code == 400
+    assert response.get_json()["errcode"] == "M_INVALID_EMAIL"
+    assert mailbox.messages == []
+
+
+def test_failed_invite_mail_is_send_error_and_stores_nothing(
+    make_config: ConfigFactory, clock: FakeClock
+) -> None:
+    dead = {"medium": {"email": {"connectors": {"smtp": {"port": free_port()}}}}}
+    client = create_app(make_config(threepid=dead), clock=clock).test_client()
+
+    response = client.post(f"{V1}/store-invite", json=INVITE)
+
+    assert response.status_code == 400
+    assert response.get_json()["errcode"] == "M_EMAIL_SEND_ERROR"
+    with client.application.extensions["mxisd"].db.read() as cur:
+        cur.execute("SELECT COUNT(*) FROM invites")
+        assert cur.fetchone()[0] == 0

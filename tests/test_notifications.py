@@ -508,3 +508,33 @@ def test_another_sms_provider_is_one_connector_class(
     assert response.status_code == 200
     line = (tmp_path / "sms.log").read_text()
     assert re.fullmatch(r"33612345678: .* code is \d{6}\. .*\n", line)
+
+
+class PlainSmsHandler:
+    """A handler that writes its own text instead of rendering a template."""
+
+    def __init__(self, settings: Any, connector: Any) -> None:
+        self._connector = connector
+
+    def notify(self, event: str, address: str, values: Any) -> None:
+        self._connector.send(address, f"{event} {values.get('VALIDATION_TOKEN')}")
+
+
+def test_notification_handler_key_chooses_the_medium_handler(
+    make_config: ConfigFactory,
+    clock: FakeClock,
+    twilio: TwilioServer,
+    mailbox: Mailbox,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(notifications.HANDLERS, "plain", PlainSmsHandler)
+    raw = twilio_config(twilio)
+    raw["notification"] = {"handler": {"msisdn": "plain"}}
+    client = app_with(make_config, clock, **raw)
+
+    client.post(f"{V1}/validate/msisdn/requestToken", json=SMS_REQUEST)
+    request_token(client, "carol@example.org")
+
+    assert re.fullmatch(r"session\.validation \d{6}", twilio.last().body)
+    # email kept the built-in handler: its mail is the rendered template.
+    assert "Confirm your email address" in str(mailbox.last()["Subject"])
