@@ -243,6 +243,25 @@ def test_ad_proxy_addresses_are_listed_without_prefix(
     }
 
 
+def test_ad_numbers_stored_with_spaces_match_their_digits(slapd: Slapd) -> None:
+    # otherTelephone compares as a plain string, as Active Directory does.
+    attribute = {**AD_SECTION["attribute"], "threepid": {"msisdn": ["otherTelephone"]}}
+    store = make_store(slapd, **{**AD_SECTION, "attribute": attribute})
+
+    # Frank's "+44 (20) 7946-0222"; Erin's "+44 20 7946 02220" holds the
+    # same digits and one more, and must not be taken for it.
+    assert store.lookup("msisdn", "442079460222") == FRANK
+    assert store.lookup("msisdn", "4420794602220") == ERIN
+    assert store.lookup("msisdn", "44207946022") is None
+    assert store.bulk_lookup(
+        [
+            ("msisdn", "442079460222"),
+            ("msisdn", "4420794602220"),
+            ("msisdn", "442079460223"),
+        ]
+    ) == {("msisdn", "442079460222"): FRANK, ("msisdn", "4420794602220"): ERIN}
+
+
 def test_ad_user_principal_name_as_uid(slapd: Slapd) -> None:
     store = make_store(
         slapd,

@@ -39,6 +39,9 @@ BULK_CHUNK = 50  # addresses per OR filter: short filters, few round trips
 PAGE_SIZE = 500  # Active Directory's MaxPageSize is 1000
 DIRECTORY_LIMIT = 50
 PROXY_ADDRESSES = "proxyaddresses"  # AD: "SMTP:primary", "smtp:alias", "X500:..."
+# Numbers shorter than any E.164 number are not searched digit by digit: a
+# pattern of two or three digits would match most of the directory.
+MIN_DIGITS = 7
 
 
 def from_config(config: Config) -> LdapIdentityStore | None:
@@ -74,6 +77,8 @@ class LdapIdentityStore(IdentityStore):
             mxid = self._mxid_of(entry)
             if mxid is not None:
                 return mxid
+        if self._formatted_numbers(medium):
+            return self._formatted_lookup([address]).get((medium, address))
         return None
 
     def bulk_lookup(self, threepids: Sequence[ThreePid]) -> dict[ThreePid, str]:
@@ -93,12 +98,46 @@ class LdapIdentityStore(IdentityStore):
             for start in range(0, len(addresses), BULK_CHUNK):
                 chunk = addresses[start : start + BULK_CHUNK]
                 found.update(self._bulk_chunk(medium, chunk))
+                missing = [a for a in chunk if (medium, a) not in found]
+                if missing and self._formatted_numbers(medium):
+                    found.update(self._formatted_lookup(missing))
         return found
 
     def _bulk_chunk(self, medium: str, addresses: list[str]) -> dict[ThreePid, str]:
         query = self._threepid_query(medium, addresses)
         if query is None:
             return {}
+        return self._matching(medium, query, addresses)
+
+    def _formatted_numbers(self, medium: str) -> bool:
+        """Whether a miss for ``medium`` is searched again for numbers stored
+        with spaces, dashes or brackets (see :func:`_digits_pattern`)."""
+        return (
+            medium == "msisdn"
+            and medium not in self.config.medium_queries
+            and bool(self.config.threepid_attributes.get(medium))
+        )
+
+    def _formatted_lookup(self, addresses: list[str]) -> dict[ThreePid, str]:
+        """msisdn lookups in attributes compared as plain strings (Active
+        Directory's telephoneNumber and mobile): "+44 20 7946 0000" equals
+        neither "442079460000" nor "+442079460000" there. A substring filter
+        with a wildcard between the digits finds it; the entries' numbers,
+        normalised, then decide, so "+44 20 7946 00001" is not taken."""
+        wanted = [a for a in addresses if a.isdigit() and len(a) >= MIN_DIGITS]
+        if not wanted:
+            return {}
+        attributes = self.config.threepid_attributes["msisdn"]
+        query = _or(
+            [f"({attr}={_digits_pattern(a)})" for a in wanted for attr in attributes]
+        )
+        return self._matching("msisdn", query, wanted)
+
+    def _matching(
+        self, medium: str, query: str, addresses: list[str]
+    ) -> dict[ThreePid, str]:
+        """Entries found by ``query``, mapped to those of ``addresses`` their
+        own ``medium`` attributes hold."""
         filterstr = _and(self.config.identity_filter, query)
         attrs = [self._uid, *self.config.threepid_attributes[medium]]
         entries = self._pool.run(lambda c: self._search(c, filterstr, attrs))
@@ -379,6 +418,12 @@ def _assertion_values(medium: str, attr: str, address: str) -> list[str]:
         # ignores spaces and dashes but not the "+".
         return [address, f"+{address}"]
     return [address]
+
+
+def _digits_pattern(digits: str) -> str:
+    """A substring assertion value matching ``digits`` with anything between
+    and around them: "*4*4*2*0*...*0*". Only ever built from digits."""
+    return f"*{'*'.join(digits)}*"
 
 
 def _or(terms: list[str]) -> str:
