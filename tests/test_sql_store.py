@@ -110,6 +110,22 @@ def test_msisdn_uses_its_medium_query(org_db: SqlDb, make_app: AppFactory) -> No
     assert body["mxid"] == "@jdoe:example.org"
 
 
+@pytest.mark.parametrize("spelling", ["localpart", "uid"])
+def test_identity_type_uid_is_mxisds_name_for_localpart(
+    org_db: SqlDb, make_app: AppFactory, spelling: str
+) -> None:
+    section = org_section(org_db)
+    section["identity"]["type"] = spelling
+    section["directory"]["query"]["name"]["type"] = spelling
+    store = sql_store(make_app(sql=section))
+
+    # The query answers "jdoe": the domain is added to make the mxid.
+    assert store.lookup("email", "john.doe@example.org") == "@jdoe:example.org"
+    assert [e.mxid for e in store.directory_search("john", False)] == [
+        "@jdoe:example.org"
+    ]
+
+
 def test_custom_medium_is_looked_up_with_its_query(
     org_db: SqlDb, make_app: AppFactory
 ) -> None:
