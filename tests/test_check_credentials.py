@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from flask.testing import FlaskClient
 
-from conftest import ConfigFactory
+from conftest import V1, ConfigFactory, FakeClock
 from mxisd_flask.app import create_app
 from mxisd_flask.config.sections import MemoryIdentity, Secret
 from mxisd_flask.errors import ConfigError, StoreError
@@ -40,6 +40,24 @@ def test_right_password_answers_mxid_and_profile(client: FlaskClient) -> None:
 
     assert response.status_code == 200
     assert response.get_json() == ALICE_OK
+
+
+def test_memory_store_kept_for_passwords_only(
+    make_config: ConfigFactory, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    off = {"enabled": False}
+    config = make_config(memory={"identity": off, "listing": off})
+    app = create_app(config, clock=clock)
+    client = app.test_client()
+    query = {"medium": "email", "address": "alice@example.org"}
+
+    try:
+        lookup = client.get(f"{V1}/lookup", query_string=query)
+        assert lookup.status_code == 200 and lookup.get_json() == {}
+        assert check(client, "@alice:example.org", "alice-pw").get_json() == ALICE_OK
+    finally:
+        app.extensions["mxisd"].db.close()
+    assert "unknown configuration key" not in caplog.text
 
 
 @pytest.mark.parametrize("user_id", ["@Alice:Example.ORG", "ALICE", " alice"])

@@ -61,6 +61,12 @@ SCHEMA: dict[str, tuple[tuple[type, ...], Any]] = {
     "federation.verifyCerts": ((bool,), True),
     "memory.enabled": ((bool,), True),
     "memory.identities": ((list,), []),
+    # Like every store's: one capability turned off, the others kept.
+    "memory.identity.enabled": ((bool,), True),
+    "memory.listing.enabled": ((bool,), True),
+    "memory.auth.enabled": ((bool,), True),
+    "memory.directory.enabled": ((bool,), True),
+    "memory.profile.enabled": ((bool,), True),
     "outbound.allowedCidr": ((list,), []),
     "outbound.timeout": ((int, float), 5),
     "logging.level": ((str,), "INFO"),
