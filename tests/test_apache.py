@@ -83,6 +83,14 @@ def scripted_homeserver() -> FakeHomeserver:
     homeserver.answer("GET", "/_matrix/client/versions", 200, {"versions": ["v1.11"]})
     for version in ("r0", "v3"):
         homeserver.answer("POST", f"/_matrix/client/{version}/login", 200, LOGGED_IN)
+    # It is also the identity server ours forwards lookups to; it knows nobody.
+    homeserver.answer(
+        "GET",
+        "/_matrix/identity/v2/hash_details",
+        200,
+        {"algorithms": ["none"], "lookup_pepper": "pepper"},
+    )
+    homeserver.answer("POST", "/_matrix/identity/v2/lookup", 200, {"mappings": {}})
     homeserver.answer(
         "POST",
         "/_matrix/client/v3/user_directory/search",
@@ -125,6 +133,8 @@ def start_identity_server(
         },
         "memory": {"identities": [ALICE]},
         "auth": {"internal": {"allowedCidr": [f"{CLIENT}/32"]}},
+        "lookup": {"recursive": {"allowedCidr": [f"{CLIENT}/32"]}},
+        "forward": {"servers": [homeserver.url]},
         "dns": {
             "overwrite": {
                 "homeserver": {
@@ -289,6 +299,33 @@ def test_a_trusted_apache_forwards_the_client_address_for_the_internal_acl(
     assert allowed.json()["auth"]["success"] is True
     assert forged.status_code == 403
     assert forged.json()["errcode"] == "M_FORBIDDEN"
+
+
+def recursed(
+    stack: Stack, address: str, homeserver: FakeHomeserver, **headers: str
+) -> bool:
+    """Whether a v1 lookup of an unknown address asked the forward server."""
+    homeserver.forget()
+    http = stack.client(address)
+    http.headers.update(headers)
+    answer = http.get(
+        stack.apache.url + "/_matrix/identity/api/v1/lookup",
+        params={"medium": "email", "address": "nobody@example.org"},
+    )
+    assert answer.status_code == 200, answer.text
+    assert answer.json() == {}
+    return bool(homeserver.calls("/_matrix/identity/v2/hash_details"))
+
+
+def test_the_recursion_acl_sees_the_client_behind_a_trusted_apache_only(
+    stacks: Stacks, homeserver: FakeHomeserver
+) -> None:
+    assert recursed(stacks.trusted, CLIENT, homeserver)
+    assert not recursed(
+        stacks.trusted, STRANGER, homeserver, **{"X-Forwarded-For": CLIENT}
+    )
+    # Untrusted, Apache's 127.0.0.1 is the client, and it may not recurse.
+    assert not recursed(stacks.untrusted, CLIENT, homeserver)
 
 
 def test_an_untrusted_apache_is_the_client_our_server_sees(
