@@ -21,7 +21,8 @@ from pathlib import Path
 
 import pytest
 import requests
-from fixtures_synapse import START_TIMEOUT_S, Process, TestCa, make_ca
+from fixtures_ca import TestCa, make_ca
+from fixtures_synapse import START_TIMEOUT_S, Process
 
 from conftest import free_port
 

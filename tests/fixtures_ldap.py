@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fixtures_ca import make_ca
 
 LDAP_DIR = Path(__file__).resolve().parent / "ldap"
 SEED_LDIF = LDAP_DIR / "seed.ldif"
@@ -75,16 +76,23 @@ def _free_port() -> int:
 class Slapd:
     """One slapd process on 127.0.0.1:``port`` serving :data:`SUFFIX`.
 
-    With ``tls`` (certificate and key files) it speaks ldaps:// only.
+    With ``tls`` (certificate and key files) it speaks ldaps:// only; with
+    ``starttls`` as well, ldap:// that refuses every operation but StartTLS
+    until the connection is upgraded (slapd's ``security tls=1``).
     """
 
     def __init__(
-        self, root: Path, seed: Path = SEED_LDIF, tls: tuple[Path, Path] | None = None
+        self,
+        root: Path,
+        seed: Path = SEED_LDIF,
+        tls: tuple[Path, Path] | None = None,
+        starttls: bool = False,
     ) -> None:
         self.root = root
         self.port = _free_port()
-        self.tls = tls is not None
-        scheme = "ldaps" if tls else "ldap"
+        self.tls = tls is not None and not starttls
+        self.starttls = tls is not None and starttls
+        scheme = "ldaps" if self.tls else "ldap"
         self.uri = f"{scheme}://127.0.0.1:{self.port}"
         self.conf = root / "slapd.conf"
         self._process: subprocess.Popen[bytes] | None = None
@@ -101,6 +109,8 @@ class Slapd:
             conf = (
                 f"TLSCertificateFile {tls[0]}\nTLSCertificateKeyFile {tls[1]}\n{conf}"
             )
+        if self.starttls:
+            conf = f"security tls=1\n{conf}"
         self.conf.write_text(conf)
         self.load(seed)
 
@@ -164,6 +174,7 @@ class Slapd:
                 "host": "127.0.0.1",
                 "port": self.port,
                 "tls": self.tls,
+                "startTls": self.starttls,
                 "bindDn": BIND_DN,
                 "bindPassword": BIND_PW,
                 "baseDNs": [f"ou=people,{SUFFIX}", f"ou=ad,{SUFFIX}"],
@@ -206,24 +217,28 @@ def slapd(slapd_server: Slapd) -> Iterator[Slapd]:
         slapd_server.start()
 
 
-@pytest.fixture(scope="session")
-def slapd_tls() -> Iterator[tuple[Slapd, Path]]:
-    """A seeded slapd on ldaps:// with a self-signed certificate for
-    127.0.0.1; yields the server and the certificate (the CA to trust)."""
+def _tls_slapd(starttls: bool) -> Iterator[tuple[Slapd, Path]]:
+    """A seeded slapd whose certificate for 127.0.0.1 a throw-away CA signed;
+    yields the server and the CA's certificate (what a client must trust)."""
     root = Path(tempfile.mkdtemp(prefix="mxisd-slapd-tls-"))
-    cert, key = root / "cert.pem", root / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"]
-        + ["-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1"]
-        + ["-addext", "subjectAltName=IP:127.0.0.1"],
-        check=True,
-        capture_output=True,
-    )
-    server = Slapd(root / "slapd", tls=(cert, key))
+    ca = make_ca(root)
+    server = Slapd(root / "slapd", tls=(ca.cert_file, ca.key_file), starttls=starttls)
     server.start()
-    yield server, cert
+    yield server, ca.ca_file
     server.stop()
     shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def slapd_tls() -> Iterator[tuple[Slapd, Path]]:
+    """ldaps:// only."""
+    yield from _tls_slapd(starttls=False)
+
+
+@pytest.fixture(scope="session")
+def slapd_starttls() -> Iterator[tuple[Slapd, Path]]:
+    """ldap:// that serves nothing before StartTLS."""
+    yield from _tls_slapd(starttls=True)
 
 
 def ldif_users(count: int, suffix: str = SUFFIX) -> str:

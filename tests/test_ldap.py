@@ -652,6 +652,17 @@ def test_bind_password_from_the_environment_and_hidden(
             "ldap.connection.bindPassword",
         ),
         ({"connection": {"host": "h", "baseDNs": []}}, "ldap.connection.baseDNs"),
+        (
+            {
+                "connection": {
+                    "host": "h",
+                    "baseDNs": ["o=x"],
+                    "tls": True,
+                    "startTls": True,
+                }
+            },
+            "ldap.connection.startTls",
+        ),
     ],
 )
 def test_bad_values_name_their_key(section: dict[str, Any], key: str) -> None:
@@ -699,27 +710,69 @@ def test_listing_pages_past_the_server_size_limit(big_slapd: Slapd) -> None:
     assert len(unpaged) < 1200
 
 
-def test_ldaps_with_a_trusted_certificate(
-    slapd_tls: tuple[Slapd, Path], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    server, cert = slapd_tls
-    monkeypatch.setenv("SSL_CERT_FILE", str(cert))
-    store = make_store(server)
+def trusting_store(
+    tls_server: tuple[Slapd, Path], monkeypatch: pytest.MonkeyPatch
+) -> LdapIdentityStore:
+    """A store for a TLS fixture's server that trusts the fixture's CA."""
+    server, ca_file = tls_server
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca_file))
+    return make_store(server)
 
-    assert store.config.uri.startswith("ldaps://")
+
+@pytest.mark.parametrize(
+    "server_fixture, scheme", [("slapd_tls", "ldaps://"), ("slapd_starttls", "ldap://")]
+)
+def test_tls_with_a_certificate_from_a_trusted_ca(
+    server_fixture: str,
+    scheme: str,
+    request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    store = trusting_store(request.getfixturevalue(server_fixture), monkeypatch)
+
+    assert store.config.uri.startswith(scheme)
     assert store.lookup("email", "ldapalice@example.org") == ALICE
     assert store.authenticate(ALICE, "ldapalice", "ldapalice-pw") is not None
+    assert store.authenticate(ALICE, "ldapalice", "wrong") is None
 
 
-def test_ldaps_refuses_an_untrusted_certificate(
-    slapd_tls: tuple[Slapd, Path], monkeypatch: pytest.MonkeyPatch
+def test_the_starttls_server_serves_nothing_before_the_upgrade(
+    slapd_starttls: tuple[Slapd, Path],
 ) -> None:
-    server, _ = slapd_tls
+    # So the StartTLS test above passed over TLS only.
+    server, _ = slapd_starttls
+    connection = {**server.config()["connection"], "startTls": False}
+    plain = make_store(server, connection=connection)
+
+    with pytest.raises(StoreError, match="onfidentiality"):
+        plain.lookup("email", "ldapalice@example.org")
+
+
+@pytest.mark.parametrize("server_fixture", ["slapd_tls", "slapd_starttls"])
+def test_tls_refuses_an_untrusted_certificate(
+    server_fixture: str,
+    request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    server, _ = request.getfixturevalue(server_fixture)
     monkeypatch.delenv("SSL_CERT_FILE", raising=False)
     store = make_store(server)
 
     with pytest.raises(StoreError):
         store.lookup("email", "ldapalice@example.org")
+    with pytest.raises(StoreError):
+        store.authenticate(ALICE, "ldapalice", "ldapalice-pw")
+
+
+def test_starttls_again_after_a_server_restart(
+    slapd_starttls: tuple[Slapd, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = trusting_store(slapd_starttls, monkeypatch)
+    assert store.lookup("email", "ldapalice@example.org") == ALICE
+
+    slapd_starttls[0].restart()
+
+    assert store.lookup("email", "dave.upper@example.org") == DAVE
 
 
 CHECK_CREDENTIALS = "/_matrix-internal/identity/v1/check_credentials"

@@ -27,6 +27,7 @@ DEFAULT_THREEPID_ATTRIBUTES: dict[str, tuple[str, ...]] = {
 @dataclass(frozen=True)
 class LdapConfig:
     uri: str
+    start_tls: bool  # upgrade an ldap:// connection before the bind
     bind_dn: str
     bind_password: Secret
     base_dns: tuple[str, ...]
@@ -51,6 +52,10 @@ def parse_ldap_config(v: Mapping[str, Any], domain: str) -> LdapConfig:
     if not host:
         raise ConfigError("ldap.connection.host: required when ldap.enabled is true")
     tls = v["ldap.connection.tls"]
+    start_tls = v["ldap.connection.startTls"]
+    if tls and start_tls:
+        # ldaps:// is TLS already; StartTLS on it is a protocol error.
+        raise ConfigError("ldap.connection.startTls: not with ldap.connection.tls")
     port = v["ldap.connection.port"] or (636 if tls else 389)
     if not 0 < port < 65536:
         raise ConfigError("ldap.connection.port: must be between 1 and 65535")
@@ -69,6 +74,7 @@ def parse_ldap_config(v: Mapping[str, Any], domain: str) -> LdapConfig:
     global_filter = _filter(v["ldap.filter"], "ldap.filter")
     return LdapConfig(
         uri=f"{'ldaps' if tls else 'ldap'}://{_host(host)}:{port}",
+        start_tls=start_tls,
         bind_dn=v["ldap.connection.bindDn"],
         bind_password=Secret(v["ldap.connection.bindPassword"]),
         base_dns=_base_dns(v),

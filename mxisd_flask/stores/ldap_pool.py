@@ -128,6 +128,9 @@ class LdapConnectionPool:
         timeout = self._config.timeout_s
         try:
             conn = ldap.initialize(self._config.uri)
+        except ldap.LDAPError as exc:
+            raise self._error(exc) from exc
+        try:
             conn.set_option(ldap.OPT_PROTOCOL_VERSION, ldap.VERSION3)
             # Active Directory answers searches at a domain root with
             # referrals to other partitions; following them would bind
@@ -135,11 +138,16 @@ class LdapConnectionPool:
             conn.set_option(ldap.OPT_REFERRALS, 0)
             conn.set_option(ldap.OPT_NETWORK_TIMEOUT, timeout)
             conn.set_option(ldap.OPT_TIMEOUT, timeout)
-            if self._config.uri.startswith("ldaps:"):
+            conn.timeout = timeout  # python-ldap's own wait for synchronous calls
+            if self._config.uri.startswith("ldaps:") or self._config.start_tls:
                 self._set_tls(conn)
+            if self._config.start_tls:
+                # Before any bind: the service account's and users'
+                # passwords only ever cross the upgraded connection.
+                conn.start_tls_s()
         except ldap.LDAPError as exc:
+            self._unbind(conn)
             raise self._error(exc) from exc
-        conn.timeout = timeout  # python-ldap's own wait for synchronous calls
         return conn
 
     def _set_tls(self, conn: Any) -> None:

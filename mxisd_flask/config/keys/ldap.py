@@ -1,7 +1,7 @@
 """Configuration keys of the LDAP / Active Directory store (issue #3).
 
 Names and defaults are mxisd's (its defaults suit Active Directory);
-``connection.timeout`` is ours. The section is parsed by
+``connection.timeout`` and ``connection.startTls`` are ours. The section is parsed by
 :mod:`mxisd_flask.stores.ldap_config`.
 """
 
@@ -16,8 +16,10 @@ KEYS: dict[str, tuple[tuple[type, ...], Any]] = {
     "ldap.connection.host": ((str,), ""),
     # None: 636 with tls, else 389.
     "ldap.connection.port": ((int,), None),
-    # ldaps:// (TLS from the first byte); STARTTLS is not offered, as in mxisd.
+    # mxisd's meaning: ldaps:// (TLS from the first byte).
     "ldap.connection.tls": ((bool,), False),
+    # Ours: ldap:// upgraded by the StartTLS operation before the bind.
+    "ldap.connection.startTls": ((bool,), False),
     "ldap.connection.bindDn": ((str,), ""),
     "ldap.connection.bindPassword": ((str,), ""),
     "ldap.connection.baseDNs": ((list,), []),
