@@ -6,7 +6,7 @@ the server with ``mxisd run`` on a loopback port, and drives it with wrk
 per endpoint. Prints requests/s, p50, p99 and the server's RSS.
 
     python bench/lookup_bench.py [--bindings 100000] [--seconds 10]
-        [--workers 2] [--threads 8] [--worker-class gthread]
+        [--workers 2] [--threads 4] [--worker-class gthread]
 """
 
 from __future__ import annotations
@@ -182,7 +182,7 @@ def main() -> int:
     parser.add_argument("--bindings", type=int, default=100_000)
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=4)
     parser.add_argument("--worker-class", default="gthread")
     parser.add_argument("--only", nargs="*", help="run only these endpoints")
     args = parser.parse_args()

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -174,3 +175,26 @@ def test_keys_show_prints_the_public_key(tmp_path: Path) -> None:
     assert first.stdout.startswith("ed25519:0 ")
     assert first.stdout == second.stdout
     assert (tmp_path / "k").stat().st_mode & 0o777 == 0o600
+
+
+def test_run_refuses_a_port_another_server_listens_on(tmp_path: Path) -> None:
+    # Our workers listen with SO_REUSEPORT, which alone would let a second
+    # instance share the port with the first without a word.
+    with socket.socket() as other:
+        other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        raw = with_changes(
+            server={"port": port},
+            key={"path": str(tmp_path / "k")},
+            storage={"provider": {"sqlite": {"database": str(tmp_path / "db")}}},
+        )
+        path = tmp_path / "c.yaml"
+        path.write_text(yaml.safe_dump(raw))
+
+        busy = run_cli("run", "--config", str(path))
+
+    assert busy.returncode == 1
+    assert "server.port: cannot listen: Address already in use" in busy.stderr
+    assert "Traceback" not in busy.stderr

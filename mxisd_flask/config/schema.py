@@ -23,7 +23,7 @@ SCHEMA: dict[str, tuple[tuple[type, ...], Any]] = {
     "server.port": ((int,), 8090),
     "server.publicUrl": ((str,), None),
     "server.workers": ((int,), 2),
-    "server.threads": ((int,), 8),
+    "server.threads": ((int,), 4),
     "server.workerClass": ((str,), "gthread"),
     "server.trustedProxies": ((list,), ["127.0.0.1", "::1"]),
     "server.tls.certFile": ((str,), None),

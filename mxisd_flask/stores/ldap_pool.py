@@ -24,7 +24,7 @@ from mxisd_flask.stores.ldap_config import LdapConfig
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-MAX_IDLE = 8  # gunicorn's default 8 threads per worker
+MAX_IDLE = 8  # one per thread up to 8 gunicorn threads per worker (default 4)
 # The server went away under an open connection: reconnecting may help.
 GONE = (ldap.SERVER_DOWN, ldap.CONNECT_ERROR)
 
