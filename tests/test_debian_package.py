@@ -1,6 +1,8 @@
 """The Debian package as an admin gets it: built with dpkg-buildpackage,
-checked by lintian and systemd-analyze, installed with dpkg on this machine,
-its unit's ExecStart run as user mxisd, upgraded, removed and purged.
+checked by lintian and systemd-analyze, installed with dpkg on this machine
+without network, its unit's ExecStart run as user mxisd (the first start in
+a network namespace with nothing but loopback), its key rotated, upgraded,
+removed and purged.
 
 The package tests need root and a host whose systemd does not run (CI's
 container): there, dpkg's postinst cannot start a real mxisd.service next to
@@ -13,7 +15,9 @@ from __future__ import annotations
 
 import configparser
 import contextlib
+import ctypes
 import email.utils
+import errno
 import fcntl
 import grp
 import hashlib
@@ -23,14 +27,16 @@ import re
 import shlex
 import shutil
 import signal
+import socket
 import stat
 import subprocess
 import time
-from collections.abc import Iterator
+import urllib.parse
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, ClassVar, TypeVar
 
 import pytest
 import requests
@@ -59,6 +65,10 @@ BUILD_ENV = {
 }
 V2 = "/_matrix/identity/v2"
 V1 = "/_matrix/identity/api/v1"
+DROP_IN = Path("/etc/systemd/system/mxisd.service.d")
+# <linux/sched.h>: the namespace type setns(2) is asked to join.
+CLONE_NEWNET = 0x40000000
+T = TypeVar("T")
 
 debian_package = pytest.mark.debian_package
 
@@ -285,12 +295,15 @@ def installed_version() -> str | None:
     return version if "ok installed" in status else f"{status} {version}"
 
 
-def dpkg(*args: str) -> str:
-    """dpkg, waiting while another dpkg or apt holds its lock."""
+def dpkg(*args: str, offline: bool = False) -> str:
+    """dpkg, waiting while another dpkg or apt holds its lock; ``offline``
+    runs it (and so the maintainer scripts) in a network namespace of its
+    own, where nothing but an unconfigured loopback exists."""
     deadline = time.monotonic() + 120
+    prefix = ["unshare", "--net"] if offline else []
     while True:
         done = subprocess.run(
-            ["dpkg", *args],
+            [*prefix, "dpkg", *args],
             capture_output=True,
             text=True,
             env=BUILD_ENV,
@@ -323,6 +336,37 @@ def host() -> Iterator[None]:
             if installed_version() is not None:
                 dpkg("--purge", "mxisd")
             MARKER.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def offline_namespace() -> Iterator[Path]:
+    """A network namespace holding only loopback: no route out, no DNS."""
+    name = f"mxisd-offline-{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
+        yield Path("/run/netns") / name
+    finally:
+        subprocess.run(["ip", "netns", "delete", name], check=True)
+
+
+def _join_namespace(path: Path) -> None:
+    """Move the calling thread (only it: setns is per thread) into ``path``."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    handle = os.open(path, os.O_RDONLY)
+    try:
+        if libc.setns(handle, CLONE_NEWNET) != 0:
+            code = ctypes.get_errno()
+            raise OSError(code, f"setns {path}: {os.strerror(code)}")
+    finally:
+        os.close(handle)
+
+
+def assert_no_route_out() -> None:
+    """The namespace really is offline: a public address cannot be reached."""
+    with pytest.raises(OSError) as refused:
+        socket.create_connection(("192.0.2.1", 80), timeout=2).close()
+    assert refused.value.errno == errno.ENETUNREACH, refused.value
 
 
 @dataclass
@@ -363,16 +407,33 @@ class Unit:
 
 class Service:
     """The unit's ExecStart, run the way systemd would: as its user, in its
-    working directory, with its environment and umask."""
+    working directory, with its environment and umask. With ``netns`` the
+    server runs in that network namespace, and the test's requests to it are
+    made from a thread that joined it."""
 
-    def __init__(self, unit: Unit, port: int, log: Path) -> None:
+    # Every server started, for the_servers_stopped to stop after a failure.
+    started: ClassVar[list[Service]] = []
+
+    def __init__(
+        self, unit: Unit, port: int, log: Path, netns: Path | None = None
+    ) -> None:
         command = shlex.split(unit.one("ExecStart"))
         assert not command[0].startswith(("-", "@", "+", "!")), command
         umask = int(unit.one("UMask"), 8)
         self.url = f"http://127.0.0.1:{port}"
+        self._client: ThreadPoolExecutor | None = None
+        prefix: list[str] = []
+        if netns is not None:
+            # nsenter and setpriv exec what follows: the server keeps the
+            # pid that stop() signals.
+            prefix = ["nsenter", f"--net={netns}"]
+            self._client = ThreadPoolExecutor(
+                max_workers=1, initializer=_join_namespace, initargs=(netns,)
+            )
         self.log: IO[str] = open(log, "a")  # noqa: SIM115  # closed in stop()
         self.process = subprocess.Popen(
             [
+                *prefix,
                 "setpriv",
                 f"--reuid={unit.one('User')}",
                 f"--regid={unit.one('Group')}",
@@ -387,13 +448,20 @@ class Service:
             stdin=subprocess.DEVNULL,
             preexec_fn=lambda: os.umask(umask),
         )
+        Service.started.append(self)
         self._wait_until_up(log)
+
+    def in_its_network(self, call: Callable[[], T]) -> T:
+        """Run ``call`` where the server's network is (a joined thread)."""
+        if self._client is None:
+            return call()
+        return self._client.submit(call).result()
 
     def _wait_until_up(self, log: Path) -> None:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:
-                requests.get(self.url + V2, timeout=1)
+                self.in_its_network(lambda: requests.get(self.url + V2, timeout=1))
                 return
             except requests.ConnectionError:
                 if self.process.poll() is not None:
@@ -403,12 +471,16 @@ class Service:
         raise AssertionError("the unit's ExecStart did not serve:\n" + log.read_text())
 
     def get(self, path: str) -> Any:
-        response = requests.get(self.url + path, timeout=10)
+        response = self.in_its_network(
+            lambda: requests.get(self.url + path, timeout=10)
+        )
         assert response.status_code == 200, response.text
         return response.json()
 
     def post(self, path: str, body: dict[str, Any]) -> Any:
-        response = requests.post(self.url + path, json=body, timeout=10)
+        response = self.in_its_network(
+            lambda: requests.post(self.url + path, json=body, timeout=10)
+        )
         assert response.status_code == 200, response.text
         return response.json()
 
@@ -420,6 +492,8 @@ class Service:
             self.process.send_signal(signal.SIGTERM)
         code = self.process.wait(timeout=30)
         self.log.close()
+        if self._client is not None:
+            self._client.shutdown()
         return code
 
 
@@ -464,12 +538,18 @@ def check_fresh_install() -> None:
     assert list(STATE.iterdir()) == []  # the server creates the key and DB
 
 
-def check_unit_is_valid_and_hardened(unit: Unit) -> None:
+def verify_unit() -> str:
+    """``systemd-analyze verify`` of the installed unit: what it printed."""
     verified = subprocess.run(
         ["systemd-analyze", "verify", str(UNIT)], capture_output=True, text=True
     )
-    assert verified.returncode == 0, verified.stdout + verified.stderr
-    assert "mxisd" not in verified.stdout + verified.stderr
+    output = verified.stdout + verified.stderr
+    assert verified.returncode == 0, output
+    return output
+
+
+def check_unit_is_valid_and_hardened(unit: Unit) -> None:
+    assert "mxisd" not in verify_unit()
     # Exposure at most 2.5 of 10 ("OK"; the unit scores 1.7): the threshold
     # is given in tenths.
     review = subprocess.run(
@@ -490,6 +570,60 @@ def check_unit_is_valid_and_hardened(unit: Unit) -> None:
         assert unit.one(key) == value, key
 
 
+def documented_drop_in() -> str:
+    """The ``ini`` example of docs/deployment.md: a drop-in for the unit."""
+    text = (ROOT / "docs" / "deployment.md").read_text()
+    blocks: list[str] = re.findall(r"```ini\n(.*?)```", text, re.S)
+    assert len(blocks) == 1, blocks
+    return blocks[0]
+
+
+def check_documented_drop_in_is_valid() -> None:
+    """What ``systemctl edit mxisd`` would write, from the docs, verifies."""
+    DROP_IN.mkdir(parents=True)
+    try:
+        # verify reads this directory: a bad line there is named.
+        canary = DROP_IN / "canary.conf"
+        canary.write_text("[Service]\nNoSuchSetting=1\n")
+        assert str(canary) in verify_unit()
+        canary.unlink()
+
+        (DROP_IN / "override.conf").write_text(documented_drop_in())
+
+        output = verify_unit()
+        assert "mxisd" not in output, output
+    finally:
+        shutil.rmtree(DROP_IN)
+
+
+def as_mxisd(*command: str) -> subprocess.CompletedProcess[str]:
+    """A command run as user mxisd, as the docs' ``sudo -u mxisd`` does."""
+    return subprocess.run(
+        ["setpriv", "--reuid=mxisd", "--regid=mxisd", "--init-groups", "--"]
+        + list(command),
+        capture_output=True,
+        text=True,
+        cwd="/",
+        env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def shown_key() -> list[str]:
+    shown = as_mxisd("/usr/bin/mxisd", "keys", "show", "--config", str(CONFIG))
+    assert shown.returncode == 0, shown.stderr
+    return shown.stdout.split()
+
+
+@pytest.fixture
+def the_servers_stopped() -> Iterator[None]:
+    """No server outlives a failed test (before the host fixture purges)."""
+    yield
+    for service in Service.started:
+        service.stop()
+    Service.started.clear()
+
+
 def test_shipped_unit_file_is_the_one_in_debian() -> None:
     unit = Unit.read(ROOT / "debian" / "mxisd.service")
     assert unit.one("ExecStart") == "/usr/bin/mxisd run --config /etc/mxisd/mxisd.yaml"
@@ -498,35 +632,48 @@ def test_shipped_unit_file_is_the_one_in_debian() -> None:
 
 @debian_package
 def test_install_run_upgrade_remove_purge(
-    builds: Builds, host: None, smtp_server: tuple[int, Mailbox], tmp_path: Path
+    builds: Builds,
+    host: None,
+    smtp_server: tuple[int, Mailbox],
+    tmp_path: Path,
+    the_servers_stopped: None,
 ) -> None:
     mailbox = smtp_server[1]
     log = tmp_path / "server.log"
-    dpkg("--install", str(builds.current.deb))
+    dpkg("--install", str(builds.current.deb), offline=True)
     assert installed_version() == builds.version
     check_fresh_install()
     unit = Unit.read(UNIT)
     check_unit_is_valid_and_hardened(unit)
+    check_documented_drop_in_is_valid()
     port, edited = edit_config(smtp_server[0])
+    # The README's first validation step, as the server's user.
+    checked = as_mxisd(
+        "/usr/bin/mxisd", "check-config", "--strict", "--config", str(CONFIG)
+    )
+    assert checked.stdout == "configuration OK\n", checked.stdout + checked.stderr
 
-    # First start: the key and the database appear in /var/lib/mxisd.
+    # First start, offline: the key and the database appear in /var/lib/mxisd.
+    with offline_namespace() as netns:
+        service = Service(unit, port, log, netns)
+        service.in_its_network(assert_no_route_out)
+        assert service.get(V2) == {}
+        key = service.public_key()
+        assert service.stop() == 0
+    assert owner(STATE / "signing.key") == ("mxisd", "mxisd", 0o600)
+    assert owner(STATE / "mxisd.db")[:2] == ("mxisd", "mxisd")
+    key_file = (STATE / "signing.key").read_bytes()
+    assert shown_key() == ["ed25519:0", key]
+
+    # A restart keeps the key; on this host's network the mail goes out.
     service = Service(unit, port, log)
-    assert service.get(V2) == {}
-    key = service.public_key()
+    assert service.public_key() == key
     secret = "deb-secret-1"
     sid = service.post(
         f"{V1}/validate/email/requestToken",
         {"client_secret": secret, "email": "eve@example.org", "send_attempt": 1},
     )["sid"]
     token = mailbox.token()
-    assert service.stop() == 0
-    assert owner(STATE / "signing.key") == ("mxisd", "mxisd", 0o600)
-    assert owner(STATE / "mxisd.db")[:2] == ("mxisd", "mxisd")
-    key_file = (STATE / "signing.key").read_bytes()
-
-    # A restart keeps the key.
-    service = Service(unit, port, log)
-    assert service.public_key() == key
     assert service.stop() == 0
 
     # Upgrade: the edited conffile and the state stay as they were.
@@ -542,6 +689,18 @@ def test_install_run_upgrade_remove_purge(
     )
     assert submitted == {"success": True}  # the session made before upgrading
     assert service.stop() == 0
+
+    # Key rotation as docs/operations.md has it: stop, move the key, start.
+    shutil.move(STATE / "signing.key", tmp_path / "signing.key.old")
+    service = Service(Unit.read(UNIT), port, log)
+    rotated = service.public_key()
+    assert rotated != key
+    for public_key, valid in ((key, False), (rotated, True)):
+        query = urllib.parse.urlencode({"public_key": public_key})
+        assert service.get(f"{V2}/pubkey/isvalid?{query}") == {"valid": valid}
+    assert service.stop() == 0
+    assert shown_key() == ["ed25519:0", rotated]
+    key_file = (STATE / "signing.key").read_bytes()
     assert "Traceback" not in log.read_text()
 
     # Remove keeps the data and the configuration; purge deletes both.
