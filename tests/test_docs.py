@@ -1,5 +1,8 @@
-"""Every YAML example in the docs loads, with no unknown key, so the docs
-cannot drift from the code."""
+"""Every YAML example in the docs and every sample file in etc/ loads, with
+no unknown key, so the docs cannot drift from the code; the README keeps its
+order and the pages name their keys. (The Apache example is loaded by a real
+Apache in test_apache.py, the systemd drop-in by systemd-analyze in
+test_debian_package.py.)"""
 
 from __future__ import annotations
 
@@ -12,10 +15,30 @@ import pytest
 import yaml
 
 from conftest import deep_merge
-from mxisd_flask.config import WARNINGS, parse_config
+from mxisd_flask.config import WARNINGS, load_config, parse_config
+from mxisd_flask.config.schema import SCHEMA
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+SAMPLES = sorted((ROOT / "etc").glob("*.yaml"))
+# What an admin reads, in the order of the issue that asked for it (#6):
+# run it, install it, configure it, put it behind the web server, check it.
+README_ORDER = [
+    "The two commands",
+    "Installing the Debian package",
+    "Configuring",
+    "Integrating with your homeserver",
+    "Validating",
+]
+# Sections whose keys one page lists by their full dotted names.
+KEY_PAGES = {
+    "matrix.": "configuration.md",
+    "server.": "configuration.md",
+    "key.": "configuration.md",
+    "logging.": "configuration.md",
+    "storage.": "storage.md",
+    "memory.": "lookups.md",
+}
 BLOCK_RE = re.compile(r"```yaml\n(.*?)```", re.S)
 REQUIRED: dict[str, Any] = {
     "matrix": {"domain": "example.org"},
@@ -56,3 +79,34 @@ def test_documented_example_loads(name: str, block: str, tmp_path: Path) -> None
     parse_config(raw)
 
     assert WARNINGS == [], name
+
+
+def test_etc_has_the_sample_files() -> None:
+    names = {path.name for path in SAMPLES}
+
+    assert {"mxisd.example.yaml", "mxisd.dev.yaml", "mxisd.production.yaml"} <= names
+
+
+@pytest.mark.parametrize("path", SAMPLES, ids=[path.name for path in SAMPLES])
+def test_sample_file_loads_without_unknown_keys(path: Path) -> None:
+    load_config(str(path))
+
+    assert WARNINGS == [], path.name
+
+
+def test_readme_sections_come_in_the_admin_s_order() -> None:
+    headings = re.findall(r"^## (.+)$", (ROOT / "README.md").read_text(), re.M)
+
+    assert [h for h in headings if h in README_ORDER] == README_ORDER
+    assert headings[: len(README_ORDER)] == README_ORDER
+
+
+@pytest.mark.parametrize("prefix, page", sorted(KEY_PAGES.items()))
+def test_page_names_every_key_of_its_section(prefix: str, page: str) -> None:
+    text = (ROOT / "docs" / page).read_text()
+    keys = [key for key in SCHEMA if key.startswith(prefix)]
+
+    missing = [key for key in keys if f"`{key}`" not in text]
+
+    assert keys
+    assert missing == [], f"docs/{page} does not name {missing}"
