@@ -168,6 +168,9 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3, help="best of this many")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--profile", help="cProfile this case instead")
+    parser.add_argument(
+        "--sort", default="tottime", help="cProfile order (tottime, cumtime)"
+    )
     args = parser.parse_args()
 
     directory = Path(tempfile.mkdtemp(prefix="mxisd-inproc-"))
@@ -179,7 +182,7 @@ def main() -> int:
         app = create_app(load_config(str(config_path))).wsgi_app
         table = cases(args.bindings, pepper)
         if args.profile:
-            return profile(app, table[args.profile], args.requests)
+            return profile(app, table[args.profile], args.requests, args.sort)
         results: dict[str, dict[str, float]] = {}
         for name, fresh in table.items():
             count = args.requests // 10 if name == "v2_lookup_1000" else args.requests
@@ -207,7 +210,9 @@ def main() -> int:
     return 0
 
 
-def profile(app: WsgiApp, fresh: Callable[[], dict[str, Any]], count: int) -> int:
+def profile(
+    app: WsgiApp, fresh: Callable[[], dict[str, Any]], count: int, sort: str
+) -> int:
     measure(app, fresh, 10)
     environs = [fresh() for _ in range(count)]
     profiler = cProfile.Profile()
@@ -215,7 +220,7 @@ def profile(app: WsgiApp, fresh: Callable[[], dict[str, Any]], count: int) -> in
     for environ in environs:
         call(app, environ)
     profiler.disable()
-    pstats.Stats(profiler).sort_stats("tottime").print_stats(35)
+    pstats.Stats(profiler).sort_stats(sort).print_stats(45)
     return 0
 
 

@@ -14,6 +14,9 @@ from mxisd_flask.errors import BadJson, InvalidParam, MissingParams, NotJson
 from mxisd_flask.services import Services
 from mxisd_flask.stores.remote import MARKER_HEADER
 
+# The recursion marker header as the WSGI environ names it.
+_MARKER_KEY = "HTTP_" + MARKER_HEADER.upper().replace("-", "_")
+
 
 def services() -> Services:
     found: Services = current_app.extensions["mxisd"]
@@ -127,9 +130,15 @@ def authenticated_user() -> str:
 
 def client_address() -> str:
     """The client's address, believing X-Forwarded-For only from our proxies."""
+    # Read from the WSGI environ: werkzeug's header view costs more than the
+    # rest of this on every v1 lookup.
+    environ = request.environ
+    candidate: str = environ.get("REMOTE_ADDR") or ""
+    forwarded = environ.get("HTTP_X_FORWARDED_FOR")
+    if not forwarded:
+        return candidate
     proxies = services().config.server.trusted_proxies
-    candidate = request.remote_addr or ""
-    hops = [h.strip() for h in request.headers.get("X-Forwarded-For", "").split(",")]
+    hops = [h.strip() for h in forwarded.split(",")]
     for hop in reversed([h for h in hops if h]):
         try:
             address = ipaddress.ip_address(candidate)
@@ -149,5 +158,5 @@ def may_recurse() -> bool:
         # The usual case: no need to work out the client's address (about a
         # tenth of a v1 lookup's time in the app).
         return False
-    marked = MARKER_HEADER in request.headers
+    marked = _MARKER_KEY in request.environ
     return policy.allows(client_address(), marked)
