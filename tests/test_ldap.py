@@ -352,6 +352,29 @@ def test_profile_gives_name_and_threepids(store: LdapIdentityStore) -> None:
     assert store.profile("@ldapdave:other.example") is None
 
 
+@pytest.mark.parametrize(
+    "probe", ["*", "ldap*", "*)(uid=*", "ldapalice)(|(uid=*", "\\2a", "*\x00"]
+)
+def test_metacharacters_never_widen_logins_profiles_or_directory_searches(
+    slapd: Slapd, store: LdapIdentityStore, ad_store: LdapIdentityStore, probe: str
+) -> None:
+    upn_store = make_store(
+        slapd,
+        filter="(objectClass=testADUser)",
+        attribute={"uid": {"type": "uid", "value": "userPrincipalName"}},
+    )
+    mxid = f"@{probe}:example.org"
+
+    assert store.profile(mxid) is None
+    assert store.authenticate(mxid, probe, "ldapalice-pw") is None
+    assert upn_store.authenticate(mxid, probe, "EWindows-pw") is None  # "=x@*" form
+    assert store.directory_search(probe, False) == []
+    assert ad_store.lookup("email", f"{probe}@corp.example.org") is None  # "smtp:"
+    assert store.lookup("msisdn", f"44{probe}") is None
+    # The same paths still find what the characters spell literally.
+    assert [e.mxid for e in store.directory_search("(Admin)", False)] == [CAROL]
+
+
 # Connections
 
 
@@ -451,6 +474,10 @@ def ldap_app(
     config = make_config(ldap=slapd.config(), **homeserver_config(homeserver))
     application = create_app(config)
     yield application
+    close_app(application)
+
+
+def close_app(application: Flask) -> None:
     services = application.extensions["mxisd"]
     for store in services.stores:
         store.close()
@@ -545,6 +572,55 @@ def test_v2_hashed_lookup_finds_ldap_users_through_the_index(
             hashes["alice@example.org"]: "@alice:example.org",
         }
     }
+
+
+def test_a_custom_medium_answers_every_lookup_api(
+    make_config: ConfigFactory, homeserver: Homeserver, slapd: Slapd
+) -> None:
+    from conftest import homeserver_config
+
+    # employeeNumber in LDAP, and a memory identity's "employee" 3PID.
+    memory = {
+        "username": "alice",
+        "threepids": [{"medium": "employee", "address": "M-7"}],
+    }
+    config = make_config(
+        ldap=slapd.config(),
+        memory={"identities": [memory]},
+        **homeserver_config(homeserver),
+    )
+    application = create_app(config)
+    client = application.test_client()
+    token, pepper = token_and_pepper(client, homeserver)
+    single = {"medium": "employee", "address": "E-1001"}
+    bulk = [["employee", "E-1002"], ["employee", "M-7"], ["employee", "E-0000"]]
+    hashes = [lookup_hash(a, "employee", pepper) for a in ("E-1001", "M-7", "E-0")]
+
+    found = client.get(f"{V1}/lookup", query_string=single).get_json()
+    in_bulk = client.post(f"{V1}/bulk_lookup", json={"threepids": bulk}).get_json()
+    by_name = client.post(
+        f"{V2}/lookup",
+        json={"algorithm": "none", "pepper": pepper, "addresses": ["E-1002 employee"]},
+        headers=bearer(token),
+    ).get_json()
+    by_hash = client.post(
+        f"{V2}/lookup",
+        json={"algorithm": "sha256", "pepper": pepper, "addresses": hashes},
+        headers=bearer(token),
+    ).get_json()
+    close_app(application)
+
+    assert (found["medium"], found["address"], found["mxid"]) == (
+        "employee",
+        "E-1001",
+        ALICE,
+    )
+    assert sorted(in_bulk["threepids"]) == [
+        ["employee", "E-1002", BOB],
+        ["employee", "M-7", "@alice:example.org"],
+    ]
+    assert by_name == {"mappings": {"E-1002 employee": BOB}}
+    assert by_hash == {"mappings": {hashes[0]: ALICE, hashes[1]: "@alice:example.org"}}
 
 
 def test_index_is_built_from_the_ldap_listing(store: LdapIdentityStore) -> None:
