@@ -23,6 +23,7 @@ from flask.testing import FlaskClient
 
 from conftest import V1, V2, Homeserver, bearer, deep_merge, register
 from mxisd_flask.config import Config, parse_config
+from mxisd_flask.crypto.hashing import lookup_hash
 
 if TYPE_CHECKING:  # a plugin module too: importing it here would come first
     from fixtures_homeserver import FakeHomeserver
@@ -51,7 +52,8 @@ class RestBackend:
     """mxisd's REST backend API on loopback; ``fail[path]`` makes it misbehave.
 
     Failure modes: ``"500"``, ``"badjson"``, ``"slow"`` (answers after
-    ``slow_s``), ``"redirect"`` and ``"404"``.
+    ``slow_s``), ``"redirect"``, ``"404"`` and ``"loop"`` (a listing page
+    whose next cursor is always the same).
     """
 
     def __init__(self) -> None:
@@ -95,6 +97,8 @@ class RestBackend:
                     self._send(int(mode), b'{"error": "backend trouble"}')
                 elif mode == "badjson":
                     self._send(200, b'{"lookup": {"id": ')
+                elif mode == "loop":
+                    self._send(200, b'{"lookup": [], "next": "again"}')
                 else:
                     status, answer = outer.answer(self.path, body)
                     self._send(status, json.dumps(answer).encode())
@@ -119,6 +123,7 @@ class RestBackend:
 ROUTES: dict[str, Callable[[dict[str, Any]], Any]] = {
     "/identity/single": lambda body: mxisd_backend.single(body["lookup"]),
     "/identity/bulk": mxisd_backend.bulk,
+    "/identity/listing": lambda body: mxisd_backend.listing(body["listing"]),
     "/auth/login": lambda body: mxisd_backend.auth(body["auth"]),
     "/directory/user/search": mxisd_backend.directory,
     "/profile/displayName": mxisd_backend.profile("display_name"),
@@ -183,6 +188,23 @@ def v2_none_lookup(
     )
     assert response.status_code == 200
     return response.get_json()["mappings"]
+
+
+def v2_hashed_lookup(
+    client: FlaskClient, homeserver: Homeserver, threepids: list[tuple[str, str]]
+) -> dict[tuple[str, str], str]:
+    """POST v2 lookup with sha256 for (medium, address) pairs; what it found."""
+    token = register(client, homeserver, "@bob:example.org")
+    details = client.get(f"{V2}/hash_details", headers=bearer(token)).get_json()
+    pepper = details["lookup_pepper"]
+    hashes = {lookup_hash(a, m, pepper): (m, a) for m, a in threepids}
+    response = client.post(
+        f"{V2}/lookup",
+        json={"algorithm": "sha256", "pepper": pepper, "addresses": list(hashes)},
+        headers=bearer(token),
+    )
+    assert response.status_code == 200
+    return {hashes[h]: mxid for h, mxid in response.get_json()["mappings"].items()}
 
 
 IDENTITY_SCRIPT = str(EXEC_DIR / "identity.py")

@@ -94,6 +94,18 @@ def bulk(body: dict[str, Any]) -> Any:
     return {"lookup": found}
 
 
+def listing(request: dict[str, Any]) -> Any:
+    """Our listing endpoint's answer: one user a page, so paging is used."""
+    start = int(request.get("from") or 0)
+    page = [
+        {"medium": medium, "address": held, "id": user.user_id()}
+        for user in USERS[start : start + 1]
+        for medium, held in user.threepids
+    ]
+    more = start + 1 < len(USERS)
+    return {"lookup": page, "next": str(start + 1) if more else None}
+
+
 def auth(request: dict[str, Any]) -> Any:
     user = user_of(request)
     if user is None or request.get("password") != user.password:

@@ -24,6 +24,7 @@ from fixtures_rest_exec import (
     rest_section,
     store_config,
     v1_lookup,
+    v2_hashed_lookup,
     v2_none_lookup,
 )
 from flask import Flask
@@ -38,7 +39,7 @@ from conftest import (
 )
 from mxisd_flask.app import create_app
 from mxisd_flask.errors import ConfigError, StoreError
-from mxisd_flask.stores import rest
+from mxisd_flask.stores import backend_json, rest
 from mxisd_flask.stores.base import AuthResult, Capability, DirectoryEntry, Profile
 
 
@@ -130,6 +131,96 @@ def test_v2_none_lookup_answers_from_the_rest_backend(
         "dave.bowman@example.org email": DAVE,
         "E-1002 employee": "@erin:example.org",
     }
+
+
+LISTING = {"identity": {"listing": f"{API}/identity/listing"}}
+ERIN = "@erin:example.org"
+LISTED = {
+    ("email", "dave.bowman@example.org", DAVE),
+    ("msisdn", "447700900001", DAVE),
+    ("email", "erin@example.org", ERIN),
+    ("employee", "E-1002", ERIN),
+}
+
+
+def test_listing_pages_through_the_backend_normalised(
+    rest_backend: RestBackend,
+) -> None:
+    store = rest_store(rest_backend, endpoints=LISTING)
+
+    listed = set(store.iter_threepids())
+
+    assert listed == LISTED
+    assert rest_backend.requests == [
+        (f"{API}/identity/listing", {"listing": {"from": None}}),
+        (f"{API}/identity/listing", {"listing": {"from": "1"}}),
+    ]
+
+
+def test_v2_hashed_lookup_finds_rest_users_only_with_a_listing_endpoint(
+    make_config: ConfigFactory,
+    clock: FakeClock,
+    rest_backend: RestBackend,
+    homeserver: Homeserver,
+) -> None:
+    asked = [("email", "dave.bowman@example.org"), ("employee", "E-1002")]
+    found = {}
+    for endpoints in ({}, LISTING):
+        section = rest_section(rest_backend, endpoints=endpoints)
+        for client in make_app(
+            make_config, clock, rest=section, **homeserver_config(homeserver)
+        ):
+            found[bool(endpoints)] = v2_hashed_lookup(client, homeserver, asked)
+
+    assert found[True] == {asked[0]: DAVE, asked[1]: ERIN}
+    assert found[False] == {}  # mxisd's API: nothing to hash in advance
+
+
+@pytest.mark.parametrize("mode", ["500", "badjson", "loop"])
+def test_a_failing_listing_is_a_store_error(
+    rest_backend: RestBackend, mode: str
+) -> None:
+    store = rest_store(rest_backend, endpoints=LISTING)
+    rest_backend.fail[f"{API}/identity/listing"] = mode
+
+    with pytest.raises(StoreError):
+        list(store.iter_threepids())
+
+
+def test_a_listing_skips_unusable_entries_and_keeps_the_rest() -> None:
+    good = {
+        "medium": "email",
+        "address": "A@Example.org",
+        "id": {"type": "localpart", "value": "a"},
+    }
+    page = {
+        "lookup": [
+            {**good, "address": "not an address"},
+            {**good, "id": {"type": "mxid", "value": "no mxid"}},
+            {**good, "id": {"type": "nickname", "value": "a"}},
+            good,
+        ],
+        "next": "2",
+    }
+
+    assert backend_json.parse_listing(page, "example.org") == (
+        [("email", "a@example.org", "@a:example.org")],
+        "2",
+    )
+    with pytest.raises(StoreError):
+        backend_json.parse_listing({"lookup": [], "next": 2}, "example.org")
+
+
+def test_listing_is_off_by_default_and_can_be_switched_off(
+    rest_backend: RestBackend,
+) -> None:
+    switched_off = rest_store(
+        rest_backend, endpoints=LISTING, listing={"enabled": False}
+    )
+
+    assert Capability.LISTING not in rest_store(rest_backend).capabilities
+    assert Capability.LISTING not in switched_off.capabilities
+    assert Capability.LOOKUP in switched_off.capabilities
 
 
 @pytest.mark.parametrize("mode", ["500", "badjson", "slow", "redirect"])

@@ -109,6 +109,33 @@ def parse_bulk(
     return found
 
 
+def parse_listing(
+    body: object, domain: str
+) -> tuple[list[tuple[str, str, str]], str | None]:
+    """One page of a listing: ``{"lookup": [{"medium", "address", "id"}, ...],
+    "next": cursor or null}``, as (medium, address, mxid) triples.
+
+    An entry whose address or user id is unusable is left out, so one bad
+    entry in the backend does not keep every other user out of the index.
+    """
+    answer = _object(body, "answer")
+    cursor = answer.get("next")
+    if cursor is not None and (not isinstance(cursor, str) or not cursor):
+        raise StoreError("backend answer: next is not a non-empty string")
+    found = []
+    for item in _list(answer.get("lookup", []), "lookup"):
+        entry = _object(item, "lookup entry")
+        try:
+            threepid = threepid_of(entry)
+            mxid = _id_of(entry, domain) if threepid is not None else None
+        except StoreError as exc:
+            logger.debug("backend listing: entry skipped: %s", exc)
+            continue
+        if threepid is not None and mxid is not None:
+            found.append((*threepid, mxid))
+    return found, cursor
+
+
 def threepid_of(entry: dict[str, Any]) -> ThreePid | None:
     """A normalised (medium, address), or None for an address we cannot use."""
     medium, address = entry.get("medium"), entry.get("address")

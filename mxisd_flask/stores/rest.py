@@ -15,7 +15,7 @@ import json
 import logging
 import os
 import urllib.parse
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,6 +43,7 @@ ENDPOINTS = {
     "directory": "rest.endpoints.directory",
     "single": "rest.endpoints.identity.single",
     "bulk": "rest.endpoints.identity.bulk",
+    "listing": "rest.endpoints.identity.listing",
     "display_name": "rest.endpoints.profile.displayName",
     "threepids": "rest.endpoints.profile.threepids",
     "roles": "rest.endpoints.profile.roles",
@@ -57,6 +58,7 @@ class RestConfig:
     directory: str
     single: str
     bulk: str
+    listing: str
     display_name: str
     threepids: str
     roles: str
@@ -111,6 +113,8 @@ def _offered(rest: RestConfig) -> set[Capability]:
     offered = set()
     if rest.single or rest.bulk:
         offered.add(Capability.LOOKUP)
+    if rest.listing:
+        offered.add(Capability.LISTING)
     if rest.auth:
         offered.add(Capability.AUTH)
     if rest.directory:
@@ -122,9 +126,7 @@ def _offered(rest: RestConfig) -> set[Capability]:
 
 class RestIdentityStore(IdentityStore):
     name = "rest"
-    SUPPORTED = frozenset(
-        {Capability.LOOKUP, Capability.AUTH, Capability.DIRECTORY, Capability.PROFILE}
-    )
+    SUPPORTED = frozenset(Capability)
 
     def __init__(
         self,
@@ -163,6 +165,23 @@ class RestIdentityStore(IdentityStore):
             if body is not None:
                 found.update(backend_json.parse_bulk(body, self.domain, chunk))
         return found
+
+    def iter_threepids(self) -> Iterator[tuple[str, str, str]]:
+        """Every 3PID of the backend, page by page (each answer under 1 MiB)."""
+        seen: set[str] = set()
+        cursor: str | None = None
+        while True:
+            body = self._post(self.config.listing, {"listing": {"from": cursor}})
+            if body is None:
+                return
+            entries, cursor = backend_json.parse_listing(body, self.domain)
+            yield from entries
+            if cursor is None:
+                return
+            if cursor in seen:
+                # A backend handing back an old cursor would list forever.
+                raise StoreError("rest listing: the backend repeated a cursor")
+            seen.add(cursor)
 
     def authenticate(
         self, mxid: str, localpart: str, password: str
