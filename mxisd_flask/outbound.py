@@ -35,7 +35,8 @@ import urllib3.exceptions
 
 from mxisd_flask.config.recursion import Nameserver
 from mxisd_flask.config.sections import Network
-from mxisd_flask.errors import FetcherError, HttpStatusError
+from mxisd_flask.errors import FetcherError, HttpStatusError, MatrixError
+from mxisd_flask.model import check_server_name
 
 logger = logging.getLogger(__name__)
 
@@ -302,30 +303,47 @@ class OutboundClient:
         )
 
     def resolve_homeserver(self, server_name: str, overrides: dict[str, str]) -> str:
-        """Base URL of a homeserver's federation API (spec: server discovery)."""
+        """Base URL of a homeserver's federation API (spec: server discovery).
+
+        A name delegated by ``.well-known/matrix/server`` goes through the
+        same steps as the server name itself (IP literal or explicit port,
+        else SRV records, else port 8448): a delegation without a port does
+        not mean 443.
+        """
         if server_name in overrides:
             return overrides[server_name]
-        host, _, port = server_name.rpartition(":")
-        if host and port.isdigit() and not server_name.endswith("]"):
-            return f"https://{server_name}"
-        if _is_ip_literal(server_name):
-            return f"https://{server_name}:8448"
+        fixed = _fixed_address(server_name)
+        if fixed is not None:
+            return fixed
+        name = self._delegated(server_name) or server_name
+        fixed = _fixed_address(name)
+        if fixed is not None:
+            return fixed
+        for service in ("_matrix-fed._tcp", "_matrix._tcp"):
+            targets = self.resolve_srv(f"{service}.{name}")
+            if targets:
+                return f"https://{targets[0][0]}:{targets[0][1]}"
+        return f"https://{name}:8448"
+
+    def _delegated(self, server_name: str) -> str | None:
+        """The server name ``.well-known/matrix/server`` delegates to, if any."""
         try:
             well_known = self.get_json(
                 f"https://{server_name}/.well-known/matrix/server"
             )
-            delegated = (
-                well_known.get("m.server") if isinstance(well_known, dict) else None
-            )
-            if isinstance(delegated, str) and delegated:
-                return f"https://{delegated}"
         except FetcherError as exc:
             logger.debug("no .well-known for server_name=%s: %s", server_name, exc)
-        for service in ("_matrix-fed._tcp", "_matrix._tcp"):
-            targets = self.resolve_srv(f"{service}.{server_name}")
-            if targets:
-                return f"https://{targets[0][0]}:{targets[0][1]}"
-        return f"https://{server_name}:8448"
+            return None
+        delegated = well_known.get("m.server") if isinstance(well_known, dict) else None
+        if not isinstance(delegated, str):
+            return None
+        try:
+            # A remote's answer: anything but a server name (a path, a
+            # user-info part) must not reach the URL we build from it.
+            return check_server_name(delegated)
+        except MatrixError:
+            logger.debug("bad .well-known m.server server_name=%s", server_name)
+            return None
 
     def resolve_srv(
         self, name: str, lifetime_s: float = DNS_LIFETIME_S
@@ -373,6 +391,16 @@ def _read_body(response: urllib3.BaseHTTPResponse, deadline: float, url: str) ->
 
 def _json_bytes(body: Any) -> bytes | None:
     return None if body is None else _dumps(body).encode()
+
+
+def _fixed_address(server_name: str) -> str | None:
+    """The base URL of an IP literal or a name with a port; None otherwise."""
+    host, _, port = server_name.rpartition(":")
+    if host and port.isdigit() and not server_name.endswith("]"):
+        return f"https://{server_name}"
+    if _is_ip_literal(server_name):
+        return f"https://{server_name}:8448"
+    return None
 
 
 def _is_ip_literal(host: str) -> bool:

@@ -38,17 +38,19 @@ Handler = Callable[[Recorded], tuple[int, Any]]
 
 
 class FakeHomeserver:
-    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self, tls: ssl.SSLContext | None = None, host: str = "127.0.0.1", port: int = 0
+    ) -> None:
         self.requests: list[Recorded] = []
         self.routes: dict[tuple[str, str], Handler] = {}
         self._received = threading.Condition()
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
+        self.server = ThreadingHTTPServer((host, port), self._handler_class())
         self.server.daemon_threads = True
         if tls is not None:
             self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
         self.port = int(self.server.server_address[1])
         scheme = "https" if tls is not None else "http"
-        self.url = f"{scheme}://127.0.0.1:{self.port}"
+        self.url = f"{scheme}://{host}:{self.port}"
         threading.Thread(
             target=self.server.serve_forever, args=(0.05,), daemon=True
         ).start()
