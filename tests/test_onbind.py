@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -11,6 +12,7 @@ from typing import Any
 import pytest
 import signedjson.key
 import signedjson.sign
+from fixtures_dns import TlsCert
 from fixtures_homeserver import FakeHomeserver, Recorded, federation_to
 from flask import Flask
 from flask.testing import FlaskClient
@@ -350,6 +352,41 @@ def test_onbind_obeys_the_outbound_policy(
     delivery = services(app).onbind.delivery(token)
     assert delivery is not None and delivery.state == "pending"
     assert "internal address" in (delivery.last_error or "")
+
+
+def test_onbind_over_tls_trusts_the_configured_ca_file(
+    env: Env, tls_cert: TlsCert, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE"):
+        monkeypatch.delenv(name, raising=False)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(tls_cert.cert, tls_cert.key)
+    homeserver = FakeHomeserver(tls=context)  # its certificate names 127.0.0.1
+    try:
+        homeserver.answer("POST", ONBIND_PATH, 200, {})
+        # Both configs first: on PostgreSQL make_config empties the database.
+        to_it = federation_to(homeserver)
+        untrusting = env.make_config(**to_it)
+        trusting = env.make_config(**to_it, federation={"caFile": str(tls_cert.cert)})
+        first = env.app(untrusting)
+        client = first.test_client()
+        token = store_invite(client, "carol@example.org")
+        bind(client, env.mailbox, "carol@example.org", "@carol:example.org")
+        services(first).onbind.run_once()
+        refused = services(first).onbind.delivery(token)
+        second = env.app(trusting)
+        env.clock.advance(retry_delay_ms(1) / 1000)
+        services(second).onbind.run_once()
+        delivered = services(second).onbind.delivery(token)
+        calls = homeserver.calls(ONBIND_PATH)
+    finally:
+        homeserver.close()
+
+    assert refused is not None and refused.state == "pending"
+    assert "SSLError" in (refused.last_error or "")
+    assert delivered is not None and delivered.state == "delivered"
+    (call,) = calls  # the refused handshake never reached the handler
+    assert call.json()["invites"][0]["token"] == token
 
 
 @pytest.mark.parametrize(
