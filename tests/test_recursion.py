@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import requests
 from fixtures_dns import DnsServer, IdentityServer, ServerFactory, Srv, TlsCert
+from fixtures_homeserver import FakeHomeserver, federation_to
 from flask import Flask
 from flask.testing import FlaskClient
 
@@ -39,6 +40,7 @@ from mxisd_flask.crypto.hashing import lookup_hash
 from mxisd_flask.crypto.keys import verify_signature
 from mxisd_flask.errors import ConfigError, FetcherError
 from mxisd_flask.outbound import OutboundClient
+from mxisd_flask.services.onbind import ONBIND_PATH
 from mxisd_flask.stores.remote import MARKER_HEADER
 
 LOOPBACK = ["127.0.0.0/8"]
@@ -449,6 +451,45 @@ def test_recursion_can_be_turned_off(first: AppFactory, remote: IdentityServer) 
 
     assert v1_lookup(client, "bob@example.net") == {}
     assert remote.requests == []
+
+
+@pytest.mark.parametrize("recursive", [True, False])
+def test_pending_invites_are_resolved_by_remotes_only_when_recursive(
+    recursive: bool,
+    first: AppFactory,
+    remote: IdentityServer,
+    fake_homeserver: FakeHomeserver,
+) -> None:
+    fake_homeserver.answer("POST", ONBIND_PATH, 200, {})
+    app = first(
+        invite={"resolution": {"recursive": recursive}},
+        **federation_to(fake_homeserver),
+    )
+    invited = app.test_client().post(
+        f"{V1}/store-invite",
+        json={
+            "medium": "email",
+            "address": "bob@example.net",
+            "room_id": "!room:example.org",
+            "sender": "@alice:example.org",
+        },
+    )
+    assert invited.status_code == 200, invited.get_json()
+    token = invited.get_json()["token"]
+    onbind = app.extensions["mxisd"].onbind
+
+    onbind.run_once()
+
+    delivery = onbind.delivery(token)
+    calls = fake_homeserver.calls(ONBIND_PATH)
+    if recursive:
+        assert delivery is not None and delivery.state == "delivered"
+        assert [c.json()["mxid"] for c in calls] == ["@bob:example.net"]
+        assert f"{V1}/lookup" in remote.paths()
+    else:
+        assert delivery is None
+        assert calls == []
+        assert remote.requests == []
 
 
 # Outbound policy (SSRF)
