@@ -273,17 +273,21 @@ def exec_record(tmp_path: Path) -> ExecRecord:
 
 
 CHECK_CREDENTIALS = "/_matrix-internal/identity/v1/check_credentials"
-# What check_credentials answers for Dave: the stores' profile, normalised.
-DAVE_ACCEPTED = {
-    "auth": {
-        "success": True,
-        "id": {"type": "mxid", "value": DAVE},
-        "profile": {
-            "display_name": "Dave Bowman",
-            "three_pids": [{"medium": m, "address": a} for m, a in DAVE_THREEPIDS],
-        },
+
+
+def dave_accepted(roles: tuple[str, ...] = ()) -> dict[str, Any]:
+    """What check_credentials answers for Dave: the stores' profile, normalised."""
+    return {
+        "auth": {
+            "success": True,
+            "id": {"type": "mxid", "value": DAVE},
+            "profile": {
+                "display_name": "Dave Bowman",
+                "three_pids": [{"medium": m, "address": a} for m, a in DAVE_THREEPIDS],
+                "roles": list(roles),
+            },
+        }
     }
-}
 
 
 def check_credentials(client: FlaskClient, user_id: str, password: str) -> Any:

@@ -25,6 +25,7 @@ ALICE_OK = {
         "profile": {
             "display_name": "Alice",
             "three_pids": [{"medium": "email", "address": "alice@example.org"}],
+            "roles": [],
         },
     }
 }

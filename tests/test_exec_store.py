@@ -17,13 +17,13 @@ from fixtures_rest_exec import (
     BULK_ANSWER,
     BULK_QUESTION,
     DAVE,
-    DAVE_ACCEPTED,
     DAVE_IN_DIRECTORY,
     DAVE_THREEPIDS,
     IDENTITY_SCRIPT,
     ExecRecord,
     bulk,
     check_credentials,
+    dave_accepted,
     directory_search,
     directory_sections,
     exec_action,
@@ -500,7 +500,7 @@ def test_a_relative_command_is_relative_to_the_config_file(tmp_path: Path) -> No
 def test_synapse_password_check_runs_the_auth_script(exec_client: Any) -> None:
     client = exec_client(only(auth=exec_action("auth")))
 
-    assert check_credentials(client, "@Dave:example.org", "dave-pw") == DAVE_ACCEPTED
+    assert check_credentials(client, "@Dave:example.org", "dave-pw") == dave_accepted()
     assert check_credentials(client, "dave", "wrong") == {"auth": {"success": False}}
 
 

@@ -234,6 +234,30 @@ def test_profile_has_name_normalised_threepids_and_roles(
     assert store.profile("@nobody:example.org") is None
 
 
+def test_check_credentials_answers_the_profile_stores_roles(
+    org_db: SqlDb, make_app: AppFactory
+) -> None:
+    # The password is checked by one store; the SQL store only completes
+    # the profile with its name, 3PIDs and roles.
+    memory = {"identities": [{"username": "jdoe", "password": "jdoe-pw"}]}
+    client = make_app(sql=org_section(org_db), memory=memory).test_client()
+
+    answer = client.post(
+        "/_matrix-internal/identity/v1/check_credentials",
+        json={"user": {"id": "@JDoe:example.org", "password": "jdoe-pw"}},
+    ).get_json()
+
+    assert answer["auth"]["id"] == {"type": "mxid", "value": "@jdoe:example.org"}
+    assert answer["auth"]["profile"] == {
+        "display_name": "John Doe",
+        "three_pids": [
+            {"medium": "email", "address": "john.doe@example.org"},
+            {"medium": "msisdn", "address": "442079460750"},
+        ],
+        "roles": ["admins", "staff"],
+    }
+
+
 def test_sql_injection_in_an_address_stays_data(
     org_db: SqlDb, make_app: AppFactory
 ) -> None:

@@ -50,5 +50,8 @@ def _auth_json(result: AuthResult | None) -> dict[str, Any]:
                 {"medium": medium, "address": address}
                 for medium, address in profile.threepids
             ],
+            # Ours, beside the fields Synapse's modules read: a module or a
+            # homeserver-side script may map them to groups or admin rights.
+            "roles": list(profile.roles),
         },
     }

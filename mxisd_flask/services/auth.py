@@ -125,6 +125,7 @@ class AuthService:
     def _complete_profile(self, mxid: str, profile: Profile) -> Profile:
         display_name = profile.display_name
         threepids: list[ThreePid] = list(profile.threepids)
+        roles: list[str] = list(profile.roles)
         for store in self._profile_stores:
             try:
                 found = store.profile(mxid)
@@ -135,4 +136,5 @@ class AuthService:
                 continue
             display_name = display_name or found.display_name
             threepids += [tp for tp in found.threepids if tp not in threepids]
-        return Profile(display_name, tuple(threepids), profile.roles)
+            roles += [role for role in found.roles if role not in roles]
+        return Profile(display_name, tuple(threepids), tuple(roles))
