@@ -89,11 +89,18 @@ def servers(
 
 
 @pytest.fixture
+def allowed_cidr() -> list[str]:
+    """outbound.allowedCidr: the test homeservers are on loopback."""
+    return ["127.0.0.1/32"]
+
+
+@pytest.fixture
 def client(
     make_config: ConfigFactory,
     servers: tuple[SigningServer, SigningServer],
     clock: FakeClock,
     mailbox: Mailbox,
+    allowed_cidr: list[str],
 ) -> Iterator[FlaskClient]:
     federation = [{"name": s.name, "value": s.http.url} for s in servers]
     # A homeserver that is down: nothing listens on a free port.
@@ -102,7 +109,7 @@ def client(
     )
     config = make_config(
         dns={"overwrite": {"homeserver": {"federation": federation}}},
-        outbound={"allowedCidr": ["127.0.0.1/32"]},
+        outbound={"allowedCidr": allowed_cidr},
     )
     app = create_app(config, clock=clock)
     test_client = app.test_client()
@@ -194,6 +201,19 @@ def test_another_homeserver_may_not_unbind_our_users(
 
     assert body["error"] == "Only the user's own homeserver may unbind for them"
     assert len(other.http.calls(KEY_PATH)) == 1  # its signature was good
+
+
+@pytest.mark.parametrize("allowed_cidr", [[]])
+def test_the_key_fetch_obeys_the_outbound_policy(
+    client: FlaskClient, servers: tuple[SigningServer, SigningServer]
+) -> None:
+    home, _other = servers
+
+    # Loopback is not allowed outbound: the key cannot be fetched.
+    body = refused(client, home.authorization(CONTENT))
+
+    assert home.http.calls(KEY_PATH) == []
+    assert body["error"] == "Could not fetch the homeserver's signing key"
 
 
 @pytest.mark.parametrize(
