@@ -16,6 +16,7 @@ import yaml
 
 from conftest import deep_merge
 from mxisd_flask.config import WARNINGS, load_config, parse_config
+from mxisd_flask.config.schema import REQUIRED as NO_DEFAULT
 from mxisd_flask.config.schema import SCHEMA
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,6 +51,8 @@ KEY_PAGES = {
     "dns.resolver.": "federation.md",
 }
 SPAN_RE = re.compile(r"`([^`\s]+)`")
+# A key table's row: | `key` (or `key`, `key`) | default | meaning |
+KEY_ROW = re.compile(r"^\| `([^`]+)`(?:, `([^`]+)`)? \| ([^|]+?) \|", re.M)
 BLOCK_RE = re.compile(r"```yaml\n(.*?)```", re.S)
 REQUIRED: dict[str, Any] = {
     "matrix": {"domain": "example.org"},
@@ -145,3 +148,45 @@ def _covered(key: str, spans: set[str]) -> bool:
         for action in spans
         if action.startswith("exec.")
     )
+
+
+def as_documented(value: Any) -> str:
+    """A default as the key tables write it."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list):
+        return "[" + ", ".join(as_documented(item) for item in value) + "]"
+    if isinstance(value, dict) and value:
+        return ", ".join(f"{k}: {as_documented(v)}" for k, v in value.items())
+    if isinstance(value, dict):
+        return "{}"
+    return str(value)
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=[doc.name for doc in DOCS])
+def test_key_tables_give_the_defaults_the_code_has(doc: Path) -> None:
+    rows = [
+        (key, default)
+        for *keys, default in KEY_ROW.findall(doc.read_text())
+        for key in keys
+        if key in SCHEMA
+    ]
+    wrong = []
+    for key, cell in rows:
+        default = SCHEMA[key][1]
+        literal = re.fullmatch(r"`([^`]*)`", cell)
+        if default is NO_DEFAULT:
+            ok = cell.startswith("required")
+        elif literal and default is not None:
+            ok = literal.group(1) == as_documented(default)
+        else:
+            continue  # described in words: a derived or absent default
+        if not ok:
+            wrong.append(f"{key}: docs {cell!r}, code {default!r}")
+
+    assert wrong == []
+
+
+def test_the_key_tables_are_found() -> None:
+    for page in ("configuration.md", "storage.md"):
+        assert len(KEY_ROW.findall((ROOT / "docs" / page).read_text())) >= 5, page
