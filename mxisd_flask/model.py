@@ -11,14 +11,16 @@ from email_validator import EmailNotValidError, validate_email
 
 from mxisd_flask.errors import InvalidAddress, InvalidEmail, InvalidParam
 
-MXID_RE = re.compile(r"^@[^:\s]+:[A-Za-z0-9.\-\[\]:]+$")
-CLIENT_SECRET_RE = re.compile(r"^[0-9a-zA-Z.=_\-]{1,255}$")
+# Each pattern ends in \Z, not $: $ also matches before a final newline, which
+# let "@a:b\n" through into storage, mail headers and Location.
+MXID_RE = re.compile(r"^@[^:\s]+:[A-Za-z0-9.\-\[\]:]+\Z")
+CLIENT_SECRET_RE = re.compile(r"^[0-9a-zA-Z.=_\-]{1,255}\Z")
 # Room versions 12 and later drop the ":domain" part (spec 1.16, appendices).
-ROOM_ID_RE = re.compile(r"^![^\s:]+(?::[A-Za-z0-9.\-\[\]:]+)?$")
+ROOM_ID_RE = re.compile(r"^![^\s:]+(?::[A-Za-z0-9.\-\[\]:]+)?\Z")
 SERVER_NAME_RE = re.compile(
-    r"^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.\-]+)(?::([0-9]{1,5}))?$"
+    r"^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.\-]+)(?::([0-9]{1,5}))?\Z"
 )
-URL_CHARS_RE = re.compile(r"^[!-~]+$")  # printable ASCII, no spaces or controls
+URL_CHARS_RE = re.compile(r"^[!-~]+\Z")  # printable ASCII, no spaces or controls
 
 
 @dataclass(frozen=True)

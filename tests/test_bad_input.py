@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 
 import pytest
 from flask.testing import FlaskClient
@@ -175,6 +176,7 @@ def test_malformed_room_id_is_refused_before_any_mail(
         "",
         "x" * 300,
         "127.0.0.1\n:9999",
+        "example.org\n",
     ],
 )
 def test_malformed_server_name_is_invalid_param(
@@ -240,3 +242,33 @@ def test_bulk_lookup_is_capped(client: FlaskClient) -> None:
 
     assert response.status_code == 400
     assert response.get_json()["errcode"] == "M_INVALID_PARAM"
+
+
+@pytest.mark.parametrize(
+    "path, field, value",
+    [
+        ("/validate/email/requestToken", "client_secret", "s\n"),
+        ("/validate/email/requestToken", "next_link", "https://a.example/\n"),
+        ("/store-invite", "sender", "@a:example.org\n"),
+        ("/store-invite", "room_id", "!r:example.org\n"),
+        ("/3pid/bind", "mxid", "@a:example.org\n"),
+    ],
+)
+def test_a_trailing_newline_is_invalid_param(
+    client: FlaskClient, mailbox: Mailbox, path: str, field: str, value: str
+) -> None:
+    bodies: dict[str, Mapping[str, object]] = {
+        "/validate/email/requestToken": {
+            "client_secret": "s",
+            "email": "e@example.org",
+            "send_attempt": 1,
+        },
+        "/store-invite": INVITE,
+        "/3pid/bind": {"sid": "s", "client_secret": "c", "mxid": "@a:example.org"},
+    }
+
+    response = client.post(f"{V1}{path}", json={**bodies[path], field: value})
+
+    assert response.status_code == 400
+    assert response.get_json()["errcode"] == "M_INVALID_PARAM"
+    assert mailbox.messages == []
