@@ -164,16 +164,18 @@ def test_the_homeservers_refusal_reaches_the_client_unchanged(
     assert response.get_json() == limited
 
 
+# Nested deeper than the JSON parser recurses: once a 500 from us.
+@pytest.mark.parametrize("raw", [b"{not json", b"[" * 100_000, b'{"a":' * 100_000])
 def test_a_malformed_login_is_the_homeservers_to_answer(
-    client: FlaskClient, fake_homeserver: FakeHomeserver
+    client: FlaskClient, fake_homeserver: FakeHomeserver, raw: bytes
 ) -> None:
     bad = {"errcode": "M_NOT_JSON", "error": "Content not JSON."}
     fake_homeserver.answer("POST", LOGIN, 400, bad)
 
-    response = client.post(LOGIN, data=b"{not json", content_type="application/json")
+    response = client.post(LOGIN, data=raw, content_type="application/json")
 
     assert (response.status_code, response.get_json()) == (400, bad)
-    assert forwarded(fake_homeserver).body == b"{not json"
+    assert forwarded(fake_homeserver).body == raw
 
 
 def test_get_login_and_r0_pass_through(

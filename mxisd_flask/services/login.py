@@ -88,8 +88,10 @@ class LoginService:
         a 3PID; Forbidden when no store knows that 3PID."""
         try:
             body = json.loads(request.body)
-        except ValueError:
-            body = None  # the homeserver answers malformed logins its own way
+        except (ValueError, RecursionError):
+            # Not JSON, or nested deeper than the parser recurses: the
+            # homeserver answers malformed logins its own way.
+            body = None
         rewritten = self._rewrite(body) if isinstance(body, dict) else None
         data = request.body if rewritten is None else json.dumps(rewritten).encode()
         return self._homeserver.call(
