@@ -63,7 +63,7 @@ class Relayed:
         """The body as JSON; FetcherError when it is not."""
         try:
             return json.loads(self.body)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise FetcherError("answer is not JSON") from exc
 
 
@@ -209,7 +209,9 @@ class OutboundClient:
             )
         try:
             return _loads(answer.body)
-        except ValueError as exc:
+        # RecursionError: nested deeper than the parser goes. The remote is
+        # often one a client named (matrix_server_name, an X-Matrix origin).
+        except (ValueError, RecursionError) as exc:
             raise FetcherError(f"{_redact_url(url)}: answer is not JSON") from exc
 
     def relay(

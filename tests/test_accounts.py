@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pytest
+from fixtures_homeserver import FakeHomeserver, federation_to
 from flask.testing import FlaskClient
 
 from conftest import (
@@ -16,6 +17,7 @@ from mxisd_flask.app import create_app
 from mxisd_flask.errors import FetcherError
 from mxisd_flask.outbound import OutboundClient
 
+USERINFO = "/_matrix/federation/v1/openid/userinfo"
 TERMS = {
     "policy": {
         "policies": {
@@ -154,3 +156,24 @@ def test_terms_post_rejects_a_non_list(
 
     assert response.status_code == 400
     assert response.get_json()["errcode"] == "M_INVALID_PARAM"
+
+
+@pytest.mark.parametrize("answer", [b"[" * 100_000, b'{"sub":' * 100_000])
+def test_register_survives_a_homeserver_answer_nested_too_deep(
+    make_config: ConfigFactory,
+    clock: FakeClock,
+    fake_homeserver: FakeHomeserver,
+    answer: bytes,
+) -> None:
+    # matrix_server_name is the client's choice: any server may answer.
+    fake_homeserver.answer("GET", USERINFO, 200, answer)
+    app = create_app(make_config(**federation_to(fake_homeserver)), clock=clock)
+
+    response = app.test_client().post(
+        f"{V2}/account/register",
+        json={"access_token": "t", "matrix_server_name": "example.org"},
+    )
+
+    assert response.status_code == 401
+    assert response.get_json()["errcode"] == "M_UNAUTHORIZED"
+    app.extensions["mxisd"].db.close()
