@@ -42,6 +42,21 @@ def test_non_ascii_values_are_mailed_encoded(
     assert "Café" in text_of(message)
 
 
+@pytest.mark.parametrize("room_name", ["x" * 2000, "word " * 400])
+def test_long_ascii_values_are_mailed_in_short_lines(
+    client: FlaskClient, mailbox: Mailbox, room_name: str
+) -> None:
+    # Once sent as 7bit with the 2000-character line the SMTP server refused.
+    response = client.post(
+        f"{V1}/store-invite", json={**INVITE, "room_name": room_name}
+    )
+
+    assert response.status_code == 200
+    raw = mailbox.raw[-1]
+    assert max(len(line) for line in raw.split(b"\r\n")) <= 998
+    assert room_name in text_of(mailbox.last())
+
+
 def test_internationalised_domain_is_sent_as_idna(
     client: FlaskClient, mailbox: Mailbox
 ) -> None:

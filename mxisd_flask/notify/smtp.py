@@ -22,6 +22,7 @@ from mxisd_flask.errors import NotifyError
 logger = logging.getLogger(__name__)
 
 TIMEOUT_S = 20
+MAX_LINE = 998  # RFC 5321 4.5.3.1.6, without the CRLF
 
 
 class SmtpMailSender:
@@ -146,12 +147,14 @@ def _set_text(
     part: EmailMessage, text: str, subtype: str, disposition: str | None
 ) -> None:
     """UTF-8 text in a 7-bit-safe encoding: quoted-printable once it leaves
-    ASCII, since not every relay takes 8-bit mail."""
+    ASCII, since not every relay takes 8-bit mail, or has a line longer than
+    SMTP allows (a long room name): quoted-printable wraps lines."""
+    short = all(len(line) <= MAX_LINE for line in text.splitlines())
     part.set_content(
         text,
         subtype=subtype,
         charset="utf-8",
-        cte="7bit" if text.isascii() else "quoted-printable",
+        cte="7bit" if text.isascii() and short else "quoted-printable",
         disposition=disposition,
     )
 
