@@ -39,7 +39,8 @@ def normalise_address(medium: str, address: str) -> str:
         return normalise_email(address)
     if medium == "msisdn":
         digits = re.sub(r"[\s().\-]", "", address).lstrip("+")
-        if not digits.isdigit():
+        # isdigit() alone takes "²" and other scripts' digits too.
+        if not (digits.isascii() and digits.isdigit()):
             raise InvalidAddress("Phone number must be digits in E.164 form")
         return digits
     return address

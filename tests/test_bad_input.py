@@ -287,3 +287,16 @@ def test_a_trailing_newline_is_invalid_param(
     assert response.status_code == 400
     assert response.get_json()["errcode"] == "M_INVALID_PARAM"
     assert mailbox.messages == []
+
+
+@pytest.mark.parametrize("address", ["²²²²²²²²", "٤٤١٦٣٢٩٦٠٠٠١", "４４１６３２９６０"])
+def test_msisdn_of_non_ascii_digits_is_invalid_address(
+    client: FlaskClient, address: str
+) -> None:
+    # str.isdigit() says yes to superscripts and other scripts' digits.
+    response = client.post(
+        f"{V1}/store-invite", json={**INVITE, "medium": "msisdn", "address": address}
+    )
+
+    assert response.status_code == 400
+    assert response.get_json()["errcode"] == "M_INVALID_ADDRESS"
