@@ -12,7 +12,7 @@ from mxisd_flask.http import auth as internal_auth
 from mxisd_flask.http import client as client_api
 from mxisd_flask.http.errors import register_error_handlers
 from mxisd_flask.http.identity import make_blueprint
-from mxisd_flask.http.request import reject_nul_in_query
+from mxisd_flask.http.request import read_streamed_body, reject_nul_in_query
 from mxisd_flask.services import build_services
 from mxisd_flask.services.clock import Clock, now_ms
 from mxisd_flask.services.notifications import MailSender
@@ -71,6 +71,7 @@ def create_app(
         if request.method == "OPTIONS":
             return jsonify({})
         reject_nul_in_query()
+        read_streamed_body()
         return None
 
     # Flask documents replacing wsgi_app with middleware; mypy sees a method.

@@ -9,6 +9,8 @@ from collections.abc import Mapping
 from typing import Any, TypeGuard
 
 from flask import current_app, g, request
+from gunicorn.http.errors import ParseException
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from mxisd_flask.errors import BadJson, InvalidParam, MissingParams, NotJson
 from mxisd_flask.services import Services
@@ -59,6 +61,25 @@ def _check_text(body: dict[str, Any]) -> None:
         raise BadJson("Strings may not hold unpaired surrogates") from exc
     if "\\u0000" in text:
         raise BadJson("Strings may not contain NUL characters")
+
+
+def read_streamed_body() -> None:
+    """Read a body sent without Content-Length (chunked) before any view.
+
+    Werkzeug stops reading such a body at MAX_CONTENT_LENGTH without a word,
+    so the view would see its first MiB as the whole; and gunicorn raises
+    its own errors for malformed chunks from inside the view's read.
+    """
+    if request.content_length is not None or "Transfer-Encoding" not in request.headers:
+        return
+
+    try:
+        request.get_data(cache=True)
+        more = request.environ["wsgi.input"].read(1)
+    except ParseException as exc:
+        raise BadJson("Malformed chunked request body") from exc
+    if more:
+        raise RequestEntityTooLarge()
 
 
 def reject_nul_in_query() -> None:
