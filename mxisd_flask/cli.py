@@ -87,6 +87,7 @@ def serve(config: Config, path: str | None) -> int:
 
     # Create the key and schema once before forking, so workers never race.
     from mxisd_flask.services import build_services
+    from mxisd_flask.workers import worker_class
 
     try:
         build_services(config)
@@ -107,7 +108,7 @@ def serve(config: Config, path: str | None) -> int:
                 "bind": _bind(server.hostname, server.port),
                 "workers": server.workers,
                 "threads": server.threads,
-                "worker_class": server.worker_class,
+                "worker_class": worker_class(server.worker_class, server.threads),
                 "keepalive": 75,
                 # Each worker listens on a socket of its own, and the kernel
                 # spreads new connections over them. With one shared socket,

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import gunicorn.config
 import pytest
 import requests
 import signedjson.key
@@ -23,6 +24,11 @@ from unpaddedbase64 import decode_base64
 
 from conftest import Homeserver, Mailbox, free_port, homeserver_config, text_of
 from mxisd_flask.crypto.hashing import lookup_hash
+from mxisd_flask.workers import (
+    JsonErrorsSyncWorker,
+    JsonErrorsThreadWorker,
+    worker_class,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -206,6 +212,32 @@ def raw_http(server: Server, request: bytes) -> tuple[int, bytes, Any]:
     return int(head.split()[1]), head, json.loads(body)
 
 
+SECRET_QUERY = b"sid=s1&client_secret=cs-secret-9&token=tok-secret-9"
+SUBMIT = b"/_matrix/identity/api/v1/validate/email/submitToken?" + SECRET_QUERY
+
+
+@pytest.mark.parametrize(
+    "request_bytes, status",
+    [
+        (b"GET " + SUBMIT + b"&\xff HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+        (b"GET " + SUBMIT + b"&x=" + b"x" * 5000 + b" HTTP/1.1\r\n\r\n", 414),
+        (b"GET " + SUBMIT + b" HTTP/1.1\r\nX-A: " + b"a" * 9000 + b"\r\n\r\n", 431),
+        (b"GET " + SUBMIT + b" HTTP/1.1\r\nContent-Length: -1\r\n\r\n", 400),
+    ],
+)
+def test_requests_gunicorn_cannot_parse_get_json_and_leave_no_secret_in_the_log(
+    server: Server, request_bytes: bytes, status: int
+) -> None:
+    code, head, body = raw_http(server, request_bytes)
+
+    assert code == status
+    assert b"Content-Type: application/json" in head
+    assert set(body) == {"errcode", "error"}
+    server.stop()
+    assert "invalid request" in server.output()
+    assert "secret-9" not in server.output()
+
+
 CHUNKED = (
     b"POST /_matrix/identity/api/v1/bulk_lookup HTTP/1.1\r\nConnection: close\r\n"
     b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
@@ -244,3 +276,22 @@ def test_a_chunked_body_under_the_limit_is_read_whole(server: Server) -> None:
     code, _head, answer = raw_http(server, CHUNKED + chunked(body))
 
     assert (code, answer) == (200, {"threepids": []})
+
+
+@pytest.mark.parametrize(
+    "name, threads, expected",
+    [
+        ("gthread", 4, JsonErrorsThreadWorker),
+        ("gthread", 1, JsonErrorsThreadWorker),
+        ("sync", 4, JsonErrorsThreadWorker),
+        ("sync", 1, JsonErrorsSyncWorker),
+    ],
+)
+def test_gunicorn_loads_our_worker_for_each_worker_class(
+    name: str, threads: int, expected: type
+) -> None:
+    config = gunicorn.config.Config()
+    config.set("worker_class", worker_class(name, threads))
+    config.set("threads", threads)
+
+    assert config.worker_class is expected
