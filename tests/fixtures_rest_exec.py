@@ -41,6 +41,14 @@ BULK_QUESTION = (
     ("msisdn", "+44 7700 900001"),
     ("email", "nobody@example.org"),
 )
+ERIN = "@erin:example.org"
+# Every 3PID of the backend's users, as a listing must give them.
+LISTED = {
+    ("email", "dave.bowman@example.org", DAVE),
+    ("msisdn", "447700900001", DAVE),
+    ("email", "erin@example.org", ERIN),
+    ("employee", "E-1002", ERIN),
+}
 BULK_ANSWER = {
     ("email", "alice@example.org", "@alice:example.org"),
     ("email", "Dave.Bowman@example.org", DAVE),

@@ -19,7 +19,9 @@ from fixtures_rest_exec import (
     DAVE,
     DAVE_IN_DIRECTORY,
     DAVE_THREEPIDS,
+    ERIN,
     IDENTITY_SCRIPT,
+    LISTED,
     ExecRecord,
     bulk,
     check_credentials,
@@ -31,6 +33,7 @@ from fixtures_rest_exec import (
     misbehaving,
     store_config,
     v1_lookup,
+    v2_hashed_lookup,
     v2_none_lookup,
 )
 from flask import Flask
@@ -162,6 +165,53 @@ def test_v2_none_lookup_answers_from_the_exec_store(
         "dave.bowman@example.org email": DAVE,
         "E-1002 employee": "@erin:example.org",
     }
+
+
+@pytest.mark.parametrize(
+    "fmt, stdins",
+    [
+        ("json", ['{"listing": {"from": null}}', '{"listing": {"from": "1"}}']),
+        ("plain", ["\n", "1\n"]),
+    ],
+)
+def test_listing_runs_the_script_once_per_page(
+    exec_record: ExecRecord, fmt: str, stdins: list[str]
+) -> None:
+    action = exec_action("listing", fmt, env=exec_record.env())
+    store = exec_store_for(only(identity__listing=action))
+
+    assert set(store.iter_threepids()) == LISTED
+    assert [run["stdin"] for run in exec_record.runs()] == stdins
+
+
+def test_v2_hashed_lookup_finds_exec_users_through_the_listing_script(
+    exec_client: Any, homeserver: Homeserver
+) -> None:
+    client = exec_client(only(identity__listing=exec_action("listing")))
+    asked = [("email", "dave.bowman@example.org"), ("employee", "E-1002")]
+
+    assert v2_hashed_lookup(client, homeserver, asked) == {
+        asked[0]: DAVE,
+        asked[1]: ERIN,
+    }
+
+
+@pytest.mark.parametrize("how", ["status", "garbage", "timeout"])
+def test_a_failing_listing_script_is_a_store_error(tmp_path: Path, how: str) -> None:
+    store = exec_store_for(only(identity__listing=FAILURES[how](tmp_path)))
+
+    with pytest.raises(StoreError):
+        list(store.iter_threepids())
+
+
+def test_listing_has_its_own_switch() -> None:
+    section = only(
+        identity__listing=exec_action("listing"),
+        identity__lookup__single=exec_action("single"),
+    )
+    section["listing"] = {"enabled": False}
+
+    assert exec_store_for(section).capabilities == {Capability.LOOKUP}
 
 
 FAILURES: dict[str, Callable[[Path], dict[str, Any]]] = {

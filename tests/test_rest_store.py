@@ -15,6 +15,8 @@ from fixtures_rest_exec import (
     DAVE,
     DAVE_IN_DIRECTORY,
     DAVE_THREEPIDS,
+    ERIN,
+    LISTED,
     RestBackend,
     bulk,
     check_credentials,
@@ -134,13 +136,6 @@ def test_v2_none_lookup_answers_from_the_rest_backend(
 
 
 LISTING = {"identity": {"listing": f"{API}/identity/listing"}}
-ERIN = "@erin:example.org"
-LISTED = {
-    ("email", "dave.bowman@example.org", DAVE),
-    ("msisdn", "447700900001", DAVE),
-    ("email", "erin@example.org", ERIN),
-    ("employee", "E-1002", ERIN),
-}
 
 
 def test_listing_pages_through_the_backend_normalised(

@@ -10,7 +10,7 @@ then asks the next store) rather than a TypeError deep in a view.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 from mxisd_flask.errors import MatrixError, StoreError
@@ -134,6 +134,27 @@ def parse_listing(
         if threepid is not None and mxid is not None:
             found.append((*threepid, mxid))
     return found, cursor
+
+
+def iter_listing(
+    ask_page: Callable[[str | None], object | None], domain: str, where: str
+) -> Iterator[tuple[str, str, str]]:
+    """Every entry of a paged listing; ``ask_page(cursor)`` answers one page
+    (None: nothing more). The first page is asked with no cursor."""
+    seen: set[str] = set()
+    cursor: str | None = None
+    while True:
+        body = ask_page(cursor)
+        if body is None:
+            return
+        entries, cursor = parse_listing(body, domain)
+        yield from entries
+        if cursor is None:
+            return
+        if cursor in seen:
+            # A backend handing back an old cursor would list forever.
+            raise StoreError(f"{where}: the backend repeated a cursor")
+        seen.add(cursor)
 
 
 def threepid_of(entry: dict[str, Any]) -> ThreePid | None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +44,7 @@ FEATURE_CAPABILITY = {
     "auth": Capability.AUTH,
     "directory": Capability.DIRECTORY,
     "identity": Capability.LOOKUP,
+    "listing": Capability.LISTING,
     "profile": Capability.PROFILE,
 }
 # Output types each action can parse, the default first. None: the exit
@@ -53,6 +54,7 @@ OUTPUTS: dict[str, tuple[str | None, ...]] = {
     "auth": (None, "json", "plain"),
     "single": ("json", "plain"),
     "bulk": ("json",),
+    "listing": ("json",),
     "directory": ("json",),
     "profile": ("json",),
 }
@@ -65,6 +67,7 @@ class ExecConfig:
     by_threepid: ProcessConfig
     single: ProcessConfig
     bulk: ProcessConfig
+    listing: ProcessConfig
     display_name: ProcessConfig
     threepid: ProcessConfig
     role: ProcessConfig
@@ -86,15 +89,18 @@ def exec_config(values: Mapping[str, Any], base_dir: str) -> ExecConfig:
         return process_config(values, key, base_dir, OUTPUTS[output])
 
     bulk = action("exec.identity.lookup.bulk", "bulk")
-    if bulk.input_template is not None:
-        # As in mxisd: the list of 3PIDs has one fixed form per input type.
-        raise ConfigError("exec.identity.lookup.bulk.input.template: not supported")
+    listing = action("exec.identity.listing", "listing")
+    for fixed in (bulk, listing):
+        if fixed.input_template is not None:
+            # As in mxisd's bulk: one fixed input form per input type.
+            raise ConfigError(f"{fixed.key}.input.template: not supported")
     return ExecConfig(
         auth=action("exec.auth", "auth"),
         by_name=action("exec.directory.search.byName", "directory"),
         by_threepid=action("exec.directory.search.byThreepid", "directory"),
         single=action("exec.identity.lookup.single", "single"),
         bulk=bulk,
+        listing=listing,
         display_name=action("exec.profile.displayName", "profile"),
         threepid=action("exec.profile.threePid", "profile"),
         role=action("exec.profile.role", "profile"),
@@ -109,6 +115,8 @@ def _offered(config: ExecConfig) -> set[Capability]:
         offered.add(Capability.DIRECTORY)
     if config.single.command or config.bulk.command:
         offered.add(Capability.LOOKUP)
+    if config.listing.command:
+        offered.add(Capability.LISTING)
     if config.display_name.command or config.threepid.command or config.role.command:
         offered.add(Capability.PROFILE)
     return offered
@@ -201,6 +209,26 @@ class ExecIdentityStore(IdentityStore):
         if not result.succeeded or not result.output.strip():
             return {}
         return backend_json.parse_bulk(_json(process, result), self.domain, chunk)
+
+    def iter_threepids(self) -> Iterator[tuple[str, str, str]]:
+        """Every 3PID the listing script gives, one run per page."""
+        process = self.config.listing
+
+        def page(cursor: str | None) -> Any:
+            if cursor is not None and _breaks_lines(("", cursor)):
+                raise StoreError(f"{process.key}: a cursor holds a line break")
+            if process.input_type == "json":
+                stdin: str | None = json.dumps({"listing": {"from": cursor}})
+            elif process.input_type == "plain":
+                stdin = f"{cursor or ''}\n"
+            else:
+                stdin = None
+            result = run(process, {}, stdin)
+            if not result.succeeded or not result.output.strip():
+                return None
+            return _json(process, result)
+
+        return backend_json.iter_listing(page, self.domain, process.key)
 
     def authenticate(
         self, mxid: str, localpart: str, password: str

@@ -168,20 +168,13 @@ class RestIdentityStore(IdentityStore):
 
     def iter_threepids(self) -> Iterator[tuple[str, str, str]]:
         """Every 3PID of the backend, page by page (each answer under 1 MiB)."""
-        seen: set[str] = set()
-        cursor: str | None = None
-        while True:
-            body = self._post(self.config.listing, {"listing": {"from": cursor}})
-            if body is None:
-                return
-            entries, cursor = backend_json.parse_listing(body, self.domain)
-            yield from entries
-            if cursor is None:
-                return
-            if cursor in seen:
-                # A backend handing back an old cursor would list forever.
-                raise StoreError("rest listing: the backend repeated a cursor")
-            seen.add(cursor)
+        return backend_json.iter_listing(
+            lambda cursor: self._post(
+                self.config.listing, {"listing": {"from": cursor}}
+            ),
+            self.domain,
+            "rest listing",
+        )
 
     def authenticate(
         self, mxid: str, localpart: str, password: str

@@ -1,7 +1,7 @@
 """Exec store test script: answers mxisd's exec contract from the shared users.
 
 Usage: identity.py ACTION FORMAT, ACTION one of auth, single, bulk,
-directory, displayName, threepids, roles; FORMAT json or plain (the input
+listing, directory, displayName, threepids, roles; FORMAT json or plain (the input
 and, for auth and single, the output format). With EXEC_RECORD set, it
 appends what it was given (argv, environment, stdin) to that file as one
 JSON line, so tests can check that values arrived as plain data.
@@ -42,6 +42,8 @@ def plain_request(action: str, stdin: str) -> dict[str, Any]:
         return {"lookup": [{"medium": m, "address": a} for m, a in pairs]}
     if action == "directory":
         return {"by": lines[0], "search_term": lines[1]}
+    if action == "listing":
+        return {"listing": {"from": lines[0] or None}}
     return dict(zip(("localpart", "domain", "mxid"), lines, strict=False))
 
 
@@ -49,6 +51,7 @@ ANSWERS = {
     "auth": mxisd_backend.auth,
     "single": mxisd_backend.single,
     "bulk": mxisd_backend.bulk,
+    "listing": lambda request: mxisd_backend.listing(request["listing"]),
     "directory": mxisd_backend.directory,
     "displayName": mxisd_backend.profile("display_name"),
     "threepids": mxisd_backend.profile("threepids"),

@@ -2,7 +2,9 @@
 
 mxisd's names (its docs/stores/exec.md): ``exec.<feature>.enabled`` and one
 block of process keys per action. ``exec.timeout`` and the per-action
-``timeout`` are ours: mxisd waited for a script forever.
+``timeout`` are ours: mxisd waited for a script forever; so is the listing
+action (``exec.identity.listing``, switched by ``exec.listing.enabled``),
+which feeds v2 hashed lookups, newer than mxisd.
 """
 
 from __future__ import annotations
@@ -16,11 +18,12 @@ PROCESSES = {
     "exec.directory.search.byThreepid": "directory",
     "exec.identity.lookup.single": "single",
     "exec.identity.lookup.bulk": "bulk",
+    "exec.identity.listing": "listing",
     "exec.profile.displayName": "profile",
     "exec.profile.threePid": "profile",
     "exec.profile.role": "profile",
 }
-FEATURES = ("auth", "directory", "identity", "profile")
+FEATURES = ("auth", "directory", "identity", "listing", "profile")
 TOKENS = (
     "localpart",
     "domain",
