@@ -127,17 +127,47 @@ def rss_mb(pid: int) -> float:
     return sum(int(x) for x in out.split()) / 1024
 
 
+def anon_mb(pid: int) -> float:
+    """Anonymous RSS (RssAnon) of the gunicorn master and its workers, in
+    MiB: their own memory, without the pages of the database file SQLite
+    maps, which the kernel can reclaim and which each process counts."""
+    total = 0
+    for each in [pid, *_children(pid)]:
+        try:
+            status = Path(f"/proc/{each}/status").read_text()
+        except OSError:
+            continue
+        found = re.search(r"^RssAnon:\s+(\d+) kB", status, re.MULTILINE)
+        total += int(found.group(1)) if found else 0
+    return total / 1024
+
+
+def _children(pid: int) -> list[int]:
+    out = subprocess.run(
+        ["ps", "-o", "pid=", "--ppid", str(pid)],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout
+    return [int(p) for p in out.split()]
+
+
+def wait_idle(pid: int, timeout_s: float = 120) -> None:
+    """Wait until the server stops using CPU: the workers build their
+    in-memory tables when they start, which must not count in a run."""
+    deadline = time.monotonic() + timeout_s
+    last = server_cpu_s(pid)
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        now = server_cpu_s(pid)
+        if now - last < 0.05:
+            return
+        last = now
+
+
 def server_cpu_s(pid: int) -> float:
     """User + system CPU seconds of the gunicorn master and its workers."""
-    pids = [pid] + [
-        int(p)
-        for p in subprocess.run(
-            ["ps", "-o", "pid=", "--ppid", str(pid)],
-            capture_output=True,
-            text=True,
-            check=False,
-        ).stdout.split()
-    ]
+    pids = [pid, *_children(pid)]
     ticks = 0
     for each in pids:
         try:
@@ -203,6 +233,7 @@ def main() -> int:
     base = f"http://127.0.0.1:{port}"
     try:
         _wait(base)
+        wait_idle(server.pid)
         scripts = {}
         for name, count in (("v2_lookup_1", 1), ("v2_lookup_1000", 1000)):
             path = directory / f"{name}.lua"
@@ -238,10 +269,11 @@ def main() -> int:
             # request costs, whatever else runs on them meanwhile.
             r["server_cpu_us"] = (server_cpu_s(server.pid) - cpu) / r["requests"] * 1e6
             r["rss_mb"] = rss_mb(server.pid)
+            r["anon_mb"] = anon_mb(server.pid)
             print(
                 f"{name:16} {r['rps']:9.0f} req/s  p50 {r['p50_ms']:7.2f} ms  "
                 f"p99 {r['p99_ms']:7.2f} ms  cpu {r['server_cpu_us']:6.0f} us  "
-                f"rss {r['rss_mb']:6.0f} MiB  "
+                f"rss {r['rss_mb']:6.0f} MiB (anon {r['anon_mb']:4.0f})  "
                 f"non-2xx {r['errors']:.0f}"
             )
         print("load average after:", _load())

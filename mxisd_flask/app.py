@@ -48,6 +48,7 @@ def create_app(
     app.extensions["mxisd"] = services
     if background:
         services.worker.ensure_running()
+        services.chain.start_caches()
 
     register_error_handlers(app)
     app.register_blueprint(internal_auth.bp)

@@ -23,6 +23,7 @@ import yaml
 from aiosmtpd.controller import Controller
 from flask import Flask
 from flask.testing import FlaskClient
+from werkzeug.test import TestResponse
 
 from mxisd_flask.app import create_app
 from mxisd_flask.config import Config, load_config
@@ -355,6 +356,17 @@ def validated_session(
 
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+def sha256_lookup(
+    client: FlaskClient, token: str, pepper: str, hashes: list[str]
+) -> TestResponse:
+    """POST a v2 lookup of ``hashes`` (sha256 under ``pepper``)."""
+    return client.post(
+        f"{V2}/lookup",
+        json={"algorithm": "sha256", "pepper": pepper, "addresses": hashes},
+        headers=bearer(token),
+    )
 
 
 @pytest.fixture

@@ -64,6 +64,11 @@ class HashIndex:
         self._lock = threading.Lock()
         self._building: tuple[str, threading.Event] | None = None
 
+    @property
+    def empty(self) -> bool:
+        """Whether no store can list its 3PIDs (the index never has entries)."""
+        return not self._stores
+
     def lookup(self, hashes: Sequence[str], pepper: str) -> dict[str, str]:
         """mxids for those of ``hashes`` (under ``pepper``) the stores know."""
         if not self._stores:

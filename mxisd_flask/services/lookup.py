@@ -7,6 +7,7 @@ import logging
 from collections.abc import Sequence
 
 from mxisd_flask.errors import StoreError
+from mxisd_flask.services.binding_cache import BindingHashCache
 from mxisd_flask.services.hash_index import HashIndex
 from mxisd_flask.services.recursion import Found, RemoteLookup
 from mxisd_flask.storage.bindings import BindingStorage
@@ -25,6 +26,9 @@ class LocalBindingProvider(IdentityStore):
     def __init__(self, db: Database) -> None:
         self._db = db
         self._storage = BindingStorage()
+        self.cache = (
+            BindingHashCache(db, self._storage) if db.backend == "sqlite" else None
+        )
 
     def lookup(self, medium: str, address: str) -> str | None:
         with self._db.read() as cur:
@@ -34,7 +38,11 @@ class LocalBindingProvider(IdentityStore):
         with self._db.read() as cur:
             return self._storage.get_many(cur, threepids)
 
-    def hashed_lookup(self, hashes: Sequence[str]) -> dict[str, str]:
+    def hashed_lookup(self, hashes: Sequence[str], pepper: str) -> dict[str, str]:
+        if self.cache is not None:
+            found = self.cache.lookup(hashes, pepper)
+            if found is not None:
+                return found
         # Rows carry their hash under the current pepper (PepperService).
         with self._db.read() as cur:
             return self._storage.by_hashes(cur, hashes)
@@ -59,6 +67,16 @@ class LookupChain:
         self._stores = [bindings] + [s for s in stores if s.supports(Capability.LOOKUP)]
         self._index = index
         self._remote = remote
+
+    @property
+    def bindings_cache(self) -> BindingHashCache | None:
+        return self._bindings.cache
+
+    def start_caches(self) -> None:
+        """Fill the in-memory table of our bindings now rather than at the
+        first hashed lookup (a serving process)."""
+        if self._bindings.cache is not None:
+            self._bindings.cache.start()
 
     def lookup(self, medium: str, address: str, recursive: bool = False) -> str | None:
         found = self.find(medium, address, recursive)
@@ -100,9 +118,9 @@ class LookupChain:
 
     def hashed_lookup(self, hashes: Sequence[str], pepper: str) -> dict[str, str]:
         """Bindings answer from storage, the stores from the hash index."""
-        remaining = list(dict.fromkeys(hashes))
-        found = self._bindings.hashed_lookup(remaining)
-        remaining = [h for h in remaining if h not in found]
-        if remaining:
-            found.update(self._index.lookup(remaining, pepper))
+        found = self._bindings.hashed_lookup(hashes, pepper)
+        if not self._index.empty:
+            remaining = [h for h in dict.fromkeys(hashes) if h not in found]
+            if remaining:
+                found.update(self._index.lookup(remaining, pepper))
         return found

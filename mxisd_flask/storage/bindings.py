@@ -8,6 +8,16 @@ from collections.abc import Callable, Sequence
 
 from mxisd_flask.storage.db import Cursor
 
+# The change log keeps this many rows: a process further behind rebuilds its
+# table from the bindings (services/binding_cache.py). Pruned every
+# PRUNE_EVERY changes.
+KEEP_CHANGES = 10_000
+PRUNE_EVERY = 1_000
+# The log row a pepper rotation writes: every hash changed.
+ALL_CHANGED = ""
+
+Change = tuple[int, str, str | None]  # seq, lookup hash, mxid (None: unbound)
+
 
 def _chunks(values: Sequence[str], size: int = 500) -> list[list[str]]:
     """Bounded IN lists keep each statement small on both backends."""
@@ -73,8 +83,18 @@ class BindingStorage:
             "VALUES (?, ?, ?, ?, ?)",
             (medium, address, mxid, lookup_hash, now_ms),
         )
+        _log_change(cur, lookup_hash, mxid)
 
     def delete(self, cur: Cursor, medium: str, address: str, mxid: str) -> bool:
+        if isinstance(cur, sqlite3.Cursor):
+            cur.execute(
+                "SELECT lookup_hash FROM bindings "
+                "WHERE medium = ? AND address = ? AND mxid = ?",
+                (medium, address, mxid),
+            )
+            row = cur.fetchone()
+            if row is not None:
+                _log_change(cur, str(row[0]), None)
         cur.execute(
             "DELETE FROM bindings WHERE medium = ? AND address = ? AND mxid = ?",
             (medium, address, mxid),
@@ -87,7 +107,49 @@ class BindingStorage:
         cur.executemany(
             "UPDATE bindings SET lookup_hash = ? WHERE medium = ? AND address = ?", rows
         )
+        _log_change(cur, ALL_CHANGED, None)
         return len(rows)
+
+    def changes_since(self, cur: Cursor, seq: int) -> list[Change]:
+        """The change log's rows after ``seq``, oldest first."""
+        cur.execute(
+            "SELECT seq, lookup_hash, mxid FROM binding_changes "
+            "WHERE seq > ? ORDER BY seq",
+            (seq,),
+        )
+        return [
+            (int(s), str(h), None if m is None else str(m))
+            for s, h, m in cur.fetchall()
+        ]
+
+    def last_change(self, cur: Cursor) -> int:
+        cur.execute("SELECT MAX(seq) FROM binding_changes")
+        row = cur.fetchone()
+        return int(row[0]) if row and row[0] is not None else 0
+
+    def hash_entries(self, cur: Cursor, batch: int = 10_000) -> dict[str, str]:
+        """lookup hash -> mxid of every binding, read in batches."""
+        cur.execute("SELECT lookup_hash, mxid FROM bindings")
+        entries: dict[str, str] = {}
+        while rows := cur.fetchmany(batch):
+            entries.update(rows)
+        return entries
+
+
+def _log_change(cur: Cursor, lookup_hash: str, mxid: str | None) -> None:
+    """Append to the change log that keeps each process's in-memory table of
+    our bindings exact (SQLite only: services/binding_cache.py)."""
+    if not isinstance(cur, sqlite3.Cursor):
+        return
+    cur.execute(
+        "INSERT INTO binding_changes (lookup_hash, mxid) VALUES (?, ?)",
+        (lookup_hash, mxid),
+    )
+    seq = cur.lastrowid
+    if seq is not None and seq % PRUNE_EVERY == 0:
+        # The newest row always stays, so SQLite never hands out its seq
+        # again (a rowid is the largest one plus one).
+        cur.execute("DELETE FROM binding_changes WHERE seq <= ?", (seq - KEEP_CHANGES,))
 
 
 def _sqlite_by_hashes(

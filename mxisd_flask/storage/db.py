@@ -89,6 +89,14 @@ MIGRATIONS: list[list[str]] = [
     ],
     # 3: wrong tokens submitted to a session (issue #5: short SMS codes).
     ["ALTER TABLE sessions ADD COLUMN failed_submits INTEGER NOT NULL DEFAULT 0"],
+    # 4: each bind's and unbind's hash, which keeps every process's in-memory
+    # table of our bindings exact (services/binding_cache.py; SQLite only).
+    [
+        """CREATE TABLE binding_changes (
+            seq INTEGER PRIMARY KEY,
+            lookup_hash TEXT NOT NULL,
+            mxid TEXT)"""
+    ],
 ]
 
 
@@ -96,6 +104,7 @@ class Cursor(Protocol):
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Any: ...
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> Any: ...
     def fetchone(self) -> Any: ...
+    def fetchmany(self, size: int) -> list[Any]: ...
     def fetchall(self) -> list[Any]: ...
 
     @property
@@ -116,6 +125,9 @@ class _PgCursor:
 
     def fetchone(self) -> Any:
         return self._cursor.fetchone()
+
+    def fetchmany(self, size: int) -> list[Any]:
+        return list(self._cursor.fetchmany(size))
 
     def fetchall(self) -> list[Any]:
         return list(self._cursor.fetchall())
@@ -176,6 +188,21 @@ class Database:
             return
         with self._pg_transaction() as cur:
             yield cur
+
+    @contextmanager
+    def snapshot(self) -> Iterator[Cursor]:
+        """A cursor whose statements all see the same committed state."""
+        if self.backend == "postgresql":
+            with self._pg_transaction() as cur:
+                cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                yield cur
+            return
+        cursor = self._connection().cursor()
+        cursor.execute("BEGIN")  # deferred: a read transaction, one snapshot
+        try:
+            yield cursor
+        finally:
+            cursor.execute("COMMIT")
 
     @contextmanager
     def write(self) -> Iterator[Cursor]:
