@@ -624,6 +624,25 @@ def the_servers_stopped() -> Iterator[None]:
     Service.started.clear()
 
 
+def documented_backup(backup: Path) -> str:
+    """docs/operations.md's backup commands, writing to ``backup`` (root runs
+    the test: no sudo)."""
+    text = (ROOT / "docs" / "operations.md").read_text()
+    section = text.split("## Backups", 1)[1].split("\n## ", 1)[0]
+    blocks: list[str] = re.findall(r"```sh\n(.*?)```", section, re.S)
+    assert len(blocks) == 1, blocks
+    assert "/var/backups/mxisd" in blocks[0]
+    return blocks[0].replace("sudo ", "").replace("/var/backups/mxisd", str(backup))
+
+
+def restore(backup: Path) -> None:
+    """docs/operations.md's restore: the files back, then chown -R."""
+    for name in ("signing.key", "mxisd.db"):
+        shutil.copy2(backup / name, STATE / name)
+    shutil.copy2(backup / "mxisd" / "mxisd.yaml", CONFIG)
+    subprocess.run(["chown", "-R", "mxisd:mxisd", str(STATE)], check=True)
+
+
 def test_shipped_unit_file_is_the_one_in_debian() -> None:
     unit = Unit.read(ROOT / "debian" / "mxisd.service")
     assert unit.one("ExecStart") == "/usr/bin/mxisd run --config /etc/mxisd/mxisd.yaml"
@@ -698,10 +717,12 @@ def test_install_run_upgrade_remove_purge(
     for public_key, valid in ((key, False), (rotated, True)):
         query = urllib.parse.urlencode({"public_key": public_key})
         assert service.get(f"{V2}/pubkey/isvalid?{query}") == {"valid": valid}
+    # The backup of docs/operations.md, taken while the server runs.
+    backup = tmp_path / "backup"
+    subprocess.run(["sh", "-ec", documented_backup(backup)], check=True)
     assert service.stop() == 0
     assert shown_key() == ["ed25519:0", rotated]
     key_file = (STATE / "signing.key").read_bytes()
-    assert "Traceback" not in log.read_text()
 
     # Remove keeps the data and the configuration; purge deletes both.
     dpkg("--remove", "mxisd")
@@ -713,3 +734,18 @@ def test_install_run_upgrade_remove_purge(
     assert installed_version() is None
     assert not STATE.exists()
     assert not CONFIG.parent.exists()
+
+    # A reinstall restored from the backup is the same server again: its
+    # key, its configuration and the session validated before.
+    dpkg("--install", str(builds.next.deb))
+    restore(backup)
+    assert owner(STATE / "signing.key") == ("mxisd", "mxisd", 0o600)
+    service = Service(Unit.read(UNIT), port, log)
+    assert service.public_key() == rotated
+    query = urllib.parse.urlencode({"sid": sid, "client_secret": secret})
+    validated = service.get(f"{V1}/3pid/getValidated3pid?{query}")
+    assert (validated["medium"], validated["address"]) == ("email", "eve@example.org")
+    assert service.stop() == 0
+    assert "Traceback" not in log.read_text()
+    dpkg("--purge", "mxisd")
+    assert not STATE.exists()
