@@ -1,4 +1,4 @@
-"""The ``mxisd`` command: run, check-config, keys show."""
+"""The ``mxisd`` command: run, check-config, keys show, invites."""
 
 from __future__ import annotations
 
@@ -28,6 +28,10 @@ def main(argv: list[str] | None = None) -> int:
     keys = commands.add_parser("keys", help="signing key commands")
     keys.add_argument("action", choices=["show"])
     keys.add_argument("--config", dest="sub_config", help=argparse.SUPPRESS)
+    invites = commands.add_parser(
+        "invites", help="list stored invites and how each was resolved"
+    )
+    invites.add_argument("--config", dest="sub_config", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     logging.basicConfig(
@@ -45,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
         return _report_check(args.strict)
     if args.command == "keys":
         return _show_key(config)
+    if args.command == "invites":
+        return _list_invites(config)
     return serve(config, path)
 
 
@@ -76,6 +82,26 @@ def _show_key(config: Config) -> int:
         print(f"mxisd: {exc}", file=sys.stderr)
         return 1
     print(f"{KEY_ID} {public_key_b64(key)}")
+    return 0
+
+
+def _list_invites(config: Config) -> int:
+    """Print every stored invite, oldest first (see invite_report)."""
+    from mxisd_flask.services.invite_report import invite_lines
+    from mxisd_flask.services.onbind import invite_config
+    from mxisd_flask.storage.db import Database
+
+    try:
+        expiry = invite_config(config.values)
+        db = Database(config.storage)
+        db.migrate()  # a server that never ran has no tables yet
+        lines = invite_lines(db, expiry)
+    except ConfigError as exc:
+        print(f"mxisd: configuration error: {exc}", file=sys.stderr)
+        return 1
+    for line in lines:
+        print(line)
+    print(f"{len(lines)} invite(s)", file=sys.stderr)
     return 0
 
 

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import ssl
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -336,6 +339,40 @@ def test_an_expired_invite_is_resolved_to_the_configured_mxid(
     delivery = onbind.delivery(token)
     assert delivery is not None
     assert (delivery.reason, delivery.state) == ("expired", "delivered")
+
+
+def list_invites(config_path: Path) -> list[str]:
+    """``mxisd invites`` run as an admin would, on the test's database."""
+    done = subprocess.run(
+        [sys.executable, "-m", "mxisd_flask", "invites", "--config", str(config_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.splitlines()
+
+
+def test_mxisd_invites_shows_expiry_then_resolution(env: Env, tmp_path: Path) -> None:
+    env.homeserver.answer("POST", ONBIND_PATH, 200, {})
+    expiration = {"enabled": True, "after": 60, "resolveTo": "@expired:example.org"}
+    app = env.app(env.config(invite={"expiration": expiration}))
+    store_invite(app.test_client(), "erin@example.org")
+    head = (
+        "2023-11-14T22:13:20Z room=!room:example.org sender=@alice:example.org "
+        "to=email:e***@example.org"
+    )
+
+    waiting = list_invites(tmp_path / "mxisd.yaml")
+    env.clock.advance(60 * 60)
+    services(app).onbind.run_once()
+    resolved = list_invites(tmp_path / "mxisd.yaml")
+
+    assert waiting == [f"{head} unresolved expires=2023-11-14T23:13:20Z"]
+    assert resolved == [
+        f"{head} resolved=expired mxid=@expired:example.org delivery=delivered "
+        "attempts=1"
+    ]
 
 
 def test_onbind_obeys_the_outbound_policy(

@@ -31,6 +31,18 @@ class Delivery:
     updated_ts: int
 
 
+@dataclass(frozen=True)
+class InviteState:
+    """A stored invite (without its token and keys) and how it was resolved."""
+
+    medium: str
+    address: str
+    room_id: str
+    sender: str
+    created_ts: int
+    delivery: Delivery | None  # None while the invite is unresolved
+
+
 _COLUMNS = (
     "token, server_name, mxid, reason, state, attempts, next_ts, last_error, "
     "resolved_ts, updated_ts"
@@ -149,3 +161,24 @@ class DeliveryStorage:
     def all(self, cur: Cursor) -> list[Delivery]:
         cur.execute(f"SELECT {_COLUMNS} FROM invite_deliveries ORDER BY resolved_ts")
         return [_delivery(row) for row in cur.fetchall()]
+
+    def invite_states(self, cur: Cursor) -> list[InviteState]:
+        """Every stored invite, oldest first, with its delivery if resolved."""
+        joined = ", ".join(f"d.{column}" for column in _COLUMNS.split(", "))
+        cur.execute(
+            "SELECT i.medium, i.address, i.room_id, i.sender, i.created_ts, "
+            f"{joined} FROM invites i "
+            "LEFT JOIN invite_deliveries d ON d.token = i.token "
+            "ORDER BY i.created_ts"
+        )
+        return [
+            InviteState(
+                str(row[0]),
+                str(row[1]),
+                str(row[2]),
+                str(row[3]),
+                int(row[4]),
+                None if row[5] is None else _delivery(row[5:]),
+            )
+            for row in cur.fetchall()
+        ]
