@@ -21,8 +21,11 @@ class TestCa:
     key_file: Path
 
 
-def make_ca(directory: Path) -> TestCa:
-    """A CA and a certificate it signed for 127.0.0.1 and localhost."""
+def make_ca(
+    directory: Path, names: tuple[str, ...] = ("localhost", "127.0.0.1")
+) -> TestCa:
+    """A CA and a server certificate it signed for ``names`` (host names
+    and IP addresses)."""
     now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "mxisd test CA")])
@@ -37,17 +40,15 @@ def make_ca(directory: Path) -> TestCa:
         .sign(ca_key, hashes.SHA256())
     )
     key = ec.generate_private_key(ec.SECP256R1())
-    names = x509.SubjectAlternativeName(
-        [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-    )
+    alt_names = x509.SubjectAlternativeName([_general_name(n) for n in names])
     cert = (
         _builder(
-            x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]),
+            x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]),
             ca_name,
             key.public_key(),
             now,
         )
-        .add_extension(names, critical=False)
+        .add_extension(alt_names, critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), True)
         .add_extension(_key_usage(ca=False), critical=True)
         .add_extension(
@@ -72,6 +73,13 @@ def make_ca(directory: Path) -> TestCa:
         )
     )
     return found
+
+
+def _general_name(name: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(name))
+    except ValueError:
+        return x509.DNSName(name)
 
 
 def _builder(

@@ -217,11 +217,13 @@ def slapd(slapd_server: Slapd) -> Iterator[Slapd]:
         slapd_server.start()
 
 
-def _tls_slapd(starttls: bool) -> Iterator[tuple[Slapd, Path]]:
-    """A seeded slapd whose certificate for 127.0.0.1 a throw-away CA signed;
+def _tls_slapd(
+    starttls: bool, names: tuple[str, ...] = ("localhost", "127.0.0.1")
+) -> Iterator[tuple[Slapd, Path]]:
+    """A seeded slapd whose certificate for ``names`` a throw-away CA signed;
     yields the server and the CA's certificate (what a client must trust)."""
     root = Path(tempfile.mkdtemp(prefix="mxisd-slapd-tls-"))
-    ca = make_ca(root)
+    ca = make_ca(root, names)
     server = Slapd(root / "slapd", tls=(ca.cert_file, ca.key_file), starttls=starttls)
     server.start()
     yield server, ca.ca_file
@@ -239,6 +241,12 @@ def slapd_tls() -> Iterator[tuple[Slapd, Path]]:
 def slapd_starttls() -> Iterator[tuple[Slapd, Path]]:
     """ldap:// that serves nothing before StartTLS."""
     yield from _tls_slapd(starttls=True)
+
+
+@pytest.fixture
+def slapd_misnamed() -> Iterator[tuple[Slapd, Path]]:
+    """ldaps:// on 127.0.0.1 with a trusted CA's certificate for another name."""
+    yield from _tls_slapd(starttls=False, names=("ldap.example.test",))
 
 
 def ldif_users(count: int, suffix: str = SUFFIX) -> str:

@@ -812,6 +812,15 @@ def test_tls_with_a_certificate_from_a_trusted_ca(
     assert store.authenticate(ALICE, "ldapalice", "wrong") is None
 
 
+def test_tls_refuses_a_trusted_certificate_for_another_name(
+    slapd_misnamed: tuple[Slapd, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = trusting_store(slapd_misnamed, monkeypatch)
+
+    with pytest.raises(StoreError):
+        store.lookup("email", "ldapalice@example.org")
+
+
 def test_the_starttls_server_serves_nothing_before_the_upgrade(
     slapd_starttls: tuple[Slapd, Path],
 ) -> None:
