@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import threading
+
 import pytest
 
 from conftest import V1, ConfigFactory, FakeClock, Homeserver, homeserver_config
@@ -34,6 +36,41 @@ def test_a_failed_unit_of_work_writes_nothing(config: Config) -> None:
     with db.read() as cur:
         cur.execute("SELECT COUNT(*) FROM accounts")
         assert cur.fetchone()[0] == 0
+    db.close()
+
+
+def add_account(db: Database, token: str, close: bool = False) -> None:
+    with db.write() as cur:
+        cur.execute(
+            "INSERT INTO accounts (token, user_id, created_ts) VALUES (?, ?, ?)",
+            (token, "@a:example.org", 1),
+        )
+    if close:  # this thread's connection
+        db.close()
+
+
+def test_a_write_after_a_half_read_query_survives_another_threads_commit(
+    config: Config,
+) -> None:
+    # A read left with rows unfetched kept its SQLite snapshot open; once
+    # another thread committed, this thread's next write failed at once with
+    # "database is locked" (concurrent requestToken gave 500s).
+    db = Database(config.storage)
+    db.migrate()
+    add_account(db, "t1")
+    add_account(db, "t2")
+
+    with db.read() as cur:
+        cur.execute("SELECT token FROM accounts ORDER BY token")
+        assert cur.fetchone() == ("t1",)
+    other = threading.Thread(target=add_account, args=(db, "t3", True))
+    other.start()
+    other.join()
+    add_account(db, "t4")
+
+    with db.read() as cur:
+        cur.execute("SELECT COUNT(*) FROM accounts")
+        assert cur.fetchone()[0] == 4
     db.close()
 
 

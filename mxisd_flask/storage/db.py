@@ -184,7 +184,14 @@ class Database:
         """A cursor for reads. On SQLite (WAL) each statement sees a consistent
         snapshot, so reads skip BEGIN/COMMIT and their two round trips."""
         if self.backend == "sqlite":
-            yield self._connection().cursor()
+            cursor = self._connection().cursor()
+            try:
+                yield cursor
+            finally:
+                # A query with rows left unfetched holds its snapshot until
+                # closed, and a later BEGIN IMMEDIATE on this connection then
+                # fails at once (SQLITE_BUSY_SNAPSHOT) if anyone committed.
+                cursor.close()
             return
         with self._pg_transaction() as cur:
             yield cur
