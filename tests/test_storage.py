@@ -1,7 +1,10 @@
 from __future__ import annotations
 
+import sqlite3
 import threading
+import time
 
+import psycopg2
 import pytest
 
 from conftest import V1, ConfigFactory, FakeClock, Homeserver, homeserver_config
@@ -71,6 +74,37 @@ def test_a_write_after_a_half_read_query_survives_another_threads_commit(
     with db.read() as cur:
         cur.execute("SELECT COUNT(*) FROM accounts")
         assert cur.fetchone()[0] == 4
+    db.close()
+
+
+def test_two_binds_of_one_threepid_at_once_both_succeed(config: Config) -> None:
+    # PostgreSQL: DELETE then INSERT let the second transaction's INSERT
+    # wait on the first's new row, then fail on the primary key (a 500).
+    db = Database(config.storage)
+    db.migrate()
+    storage = BindingStorage()
+    failures: list[Exception] = []
+
+    def bind_b() -> None:
+        try:
+            with db.write() as cur:
+                storage.upsert(cur, "email", "a@example.org", "@b:x", "h2", 2)
+        except (sqlite3.Error, psycopg2.Error) as exc:
+            failures.append(exc)
+        finally:
+            db.close()
+
+    with db.write() as cur:
+        storage.upsert(cur, "email", "a@example.org", "@a:x", "h1", 1)
+        other = threading.Thread(target=bind_b)
+        other.start()
+        time.sleep(0.5)  # until the other one waits for this transaction
+    other.join()
+
+    assert failures == []
+    with db.read() as cur:
+        cur.execute("SELECT mxid, lookup_hash FROM bindings")
+        assert cur.fetchall() == [("@b:x", "h2")]
     db.close()
 
 

@@ -75,12 +75,13 @@ class BindingStorage:
         lookup_hash: str,
         now_ms: int,
     ) -> None:
-        cur.execute(
-            "DELETE FROM bindings WHERE medium = ? AND address = ?", (medium, address)
-        )
+        # One statement: with DELETE then INSERT, two binds of one 3PID at
+        # once on PostgreSQL had the second fail on the primary key.
         cur.execute(
             "INSERT INTO bindings (medium, address, mxid, lookup_hash, created_ts) "
-            "VALUES (?, ?, ?, ?, ?)",
+            "VALUES (?, ?, ?, ?, ?) ON CONFLICT (medium, address) DO UPDATE SET "
+            "mxid = excluded.mxid, lookup_hash = excluded.lookup_hash, "
+            "created_ts = excluded.created_ts",
             (medium, address, mxid, lookup_hash, now_ms),
         )
         _log_change(cur, lookup_hash, mxid)
