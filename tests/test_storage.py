@@ -3,6 +3,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 
 import psycopg2
 import pytest
@@ -10,8 +11,9 @@ import pytest
 from conftest import V1, ConfigFactory, FakeClock, Homeserver, homeserver_config
 from mxisd_flask.app import create_app
 from mxisd_flask.config import Config
+from mxisd_flask.storage.accounts import AccountStorage
 from mxisd_flask.storage.bindings import BindingStorage
-from mxisd_flask.storage.db import MIGRATIONS, Database
+from mxisd_flask.storage.db import MIGRATIONS, Cursor, Database
 
 
 def test_migrations_apply_once_and_are_idempotent(config: Config) -> None:
@@ -77,34 +79,64 @@ def test_a_write_after_a_half_read_query_survives_another_threads_commit(
     db.close()
 
 
-def test_two_binds_of_one_threepid_at_once_both_succeed(config: Config) -> None:
-    # PostgreSQL: DELETE then INSERT let the second transaction's INSERT
-    # wait on the first's new row, then fail on the primary key (a 500).
-    db = Database(config.storage)
-    db.migrate()
-    storage = BindingStorage()
+Work = Callable[[Cursor], None]
+
+
+def during_transaction(db: Database, first: Work, second: Work) -> list[Exception]:
+    """Run ``second`` in its own transaction on another thread while
+    ``first``'s is still open; the database errors ``second`` met."""
     failures: list[Exception] = []
 
-    def bind_b() -> None:
+    def run_second() -> None:
         try:
             with db.write() as cur:
-                storage.upsert(cur, "email", "a@example.org", "@b:x", "h2", 2)
+                second(cur)
         except (sqlite3.Error, psycopg2.Error) as exc:
             failures.append(exc)
         finally:
             db.close()
 
     with db.write() as cur:
-        storage.upsert(cur, "email", "a@example.org", "@a:x", "h1", 1)
-        other = threading.Thread(target=bind_b)
+        first(cur)
+        other = threading.Thread(target=run_second)
         other.start()
         time.sleep(0.5)  # until the other one waits for this transaction
     other.join()
+    return failures
+
+
+def test_two_binds_of_one_threepid_at_once_both_succeed(config: Config) -> None:
+    # PostgreSQL: DELETE then INSERT let the second transaction's INSERT
+    # wait on the first's new row, then fail on the primary key (a 500).
+    db = Database(config.storage)
+    db.migrate()
+    storage = BindingStorage()
+
+    failures = during_transaction(
+        db,
+        lambda cur: storage.upsert(cur, "email", "a@example.org", "@a:x", "h1", 1),
+        lambda cur: storage.upsert(cur, "email", "a@example.org", "@b:x", "h2", 2),
+    )
 
     assert failures == []
     with db.read() as cur:
         cur.execute("SELECT mxid, lookup_hash FROM bindings")
         assert cur.fetchall() == [("@b:x", "h2")]
+    db.close()
+
+
+def test_the_same_terms_accepted_twice_at_once_are_accepted(config: Config) -> None:
+    # A double-click: both checked what was accepted before either committed.
+    db = Database(config.storage)
+    db.migrate()
+    storage = AccountStorage()
+
+    def accept(cur: Cursor) -> None:
+        storage.accept(cur, "@a:x", ["https://example.org/p"])
+
+    assert during_transaction(db, accept, accept) == []
+    with db.read() as cur:
+        assert storage.accepted_urls(cur, "@a:x") == {"https://example.org/p"}
     db.close()
 
 

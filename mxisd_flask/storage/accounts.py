@@ -27,8 +27,10 @@ class AccountStorage:
         return {str(row[0]) for row in cur.fetchall()}
 
     def accept(self, cur: Cursor, user_id: str, urls: Iterable[str]) -> None:
-        known = self.accepted_urls(cur, user_id)
+        # ON CONFLICT rather than checking first: two requests of one user at
+        # once both found nothing accepted, and the second failed on the key.
         cur.executemany(
-            "INSERT INTO accepted_terms (user_id, url) VALUES (?, ?)",
-            [(user_id, url) for url in set(urls) - known],
+            "INSERT INTO accepted_terms (user_id, url) VALUES (?, ?) "
+            "ON CONFLICT (user_id, url) DO NOTHING",
+            [(user_id, url) for url in sorted(set(urls))],
         )
