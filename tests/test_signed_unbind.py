@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import copy
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -47,9 +48,8 @@ class SigningServer:
             "old_verify_keys": {},
             "valid_until_ts": clock.ms + 24 * 3600 * 1000,
         }
-        http.answer(
-            "GET", KEY_PATH, 200, signedjson.sign.sign_json(published, name, self.key)
-        )
+        self.published = signedjson.sign.sign_json(published, name, self.key)
+        http.answer("GET", KEY_PATH, 200, self.published)
 
     def authorization(
         self,
@@ -230,6 +230,42 @@ def test_malformed_or_unverifiable_authorization_is_refused(
     header: str, client: FlaskClient
 ) -> None:
     refused(client, header)
+
+
+def _set(path: tuple[str, ...], value: object) -> Callable[[Any], None]:
+    def spoil(answer: Any) -> None:
+        for step in path[:-1]:
+            answer = answer[step]
+        answer[path[-1]] = value
+
+    return spoil
+
+
+@pytest.mark.parametrize(
+    "spoil",
+    [
+        _set(("verify_keys", "ed25519:a1", "key"), 5),
+        _set(("verify_keys", "ed25519:a1"), ["key"]),
+        _set(("verify_keys",), ["ed25519:a1"]),
+        _set(("signatures",), "example.org"),
+        _set(("signatures", "example.org"), "ed25519:a1"),
+    ],
+    ids=["key-number", "entry-list", "keys-list", "sigs-text", "server-sigs-text"],
+)
+def test_a_malformed_key_answer_is_refused(
+    spoil: Callable[[Any], None],
+    client: FlaskClient,
+    servers: tuple[SigningServer, SigningServer],
+) -> None:
+    # The origin is the caller's to name: its key answer may be anything.
+    home = servers[0]
+    answer = copy.deepcopy(home.published)
+    spoil(answer)
+    home.http.answer("GET", KEY_PATH, 200, answer)
+
+    body = refused(client, home.authorization(CONTENT))
+
+    assert body["error"] == "Could not fetch the homeserver's signing key"
 
 
 def test_without_session_or_signature_v2_still_wants_a_token(

@@ -98,6 +98,12 @@ class ServerKeys:
             raise FetcherError(f"{server_name}: key answer names another server")
         keys = _verify_keys(answer.get("verify_keys"))
         # The answer must be signed by the keys it lists (self-signed).
+        # signedjson indexes the signatures as it finds them: check the shape.
+        signatures = answer.get("signatures")
+        if not isinstance(signatures, dict) or not isinstance(
+            signatures.get(server_name), dict
+        ):
+            raise FetcherError(f"{server_name}: key answer not self-signed")
         for key in keys.values():
             try:
                 signedjson.sign.verify_signed_json(answer, server_name, key)
@@ -119,6 +125,8 @@ def _verify_keys(raw: Any) -> dict[str, VerifyKey]:
     for key_id, entry in raw.items():
         if not isinstance(key_id, str) or not key_id.startswith("ed25519:"):
             continue  # only ed25519 exists today; skip what we cannot use
+        if not isinstance(entry, dict) or not isinstance(entry.get("key"), str):
+            raise FetcherError(f"key {key_id} is malformed")
         try:
             keys[key_id] = signedjson.key.decode_verify_key_bytes(
                 key_id, decode_base64(entry["key"])
