@@ -1,13 +1,17 @@
 from __future__ import annotations
 
 import logging
+import re
+import threading
 import urllib.parse
+from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
 
 from conftest import V1, ConfigFactory, FakeClock, Mailbox, request_token, text_of
 from mxisd_flask.app import create_app
+from mxisd_flask.errors import NotifyError
 
 
 def test_request_token_mails_a_token_before_answering(
@@ -286,3 +290,74 @@ def test_logs_hold_no_secret_token_or_full_address(
     assert "very-secret-42" not in text
     assert token not in text
     assert "carol@example.org" not in text
+
+
+class HeldMailSender:
+    """Takes mail; holds the first message until released, or fails on demand."""
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+        self.held = threading.Event()
+        self.release = threading.Event()
+        self.fail = False
+
+    def send(self, recipient: str, content: str) -> None:
+        if not self.held.is_set():
+            self.held.set()
+            assert self.release.wait(10)
+        if self.fail:
+            raise NotifyError("the mail server is down")
+        self.sent.append(content)
+
+
+def test_the_same_request_during_the_send_gets_the_same_sid_and_no_mail(
+    make_config: ConfigFactory, clock: FakeClock
+) -> None:
+    # Each request looked for the session before sending and stored it
+    # after: a client's quick retries made sessions and mails of their own.
+    sender = HeldMailSender()
+    app = create_app(make_config(), clock=clock, mail_sender=sender)
+    first: list[Any] = []
+
+    def request_in_thread() -> None:
+        first.append(request_token(app.test_client(), "carol@example.org"))
+        app.extensions["mxisd"].db.close()
+
+    thread = threading.Thread(target=request_in_thread)
+    thread.start()
+    assert sender.held.wait(10)
+    second = request_token(app.test_client(), "carol@example.org")
+    sender.release.set()
+    thread.join()
+
+    assert second.status_code == 200
+    assert first[0].get_json() == second.get_json()
+    assert len(sender.sent) == 1
+    app.extensions["mxisd"].db.close()
+
+
+def test_a_failed_resend_keeps_the_session_as_it_was(
+    make_config: ConfigFactory, clock: FakeClock
+) -> None:
+    sender = HeldMailSender()
+    sender.held.set()
+    app = create_app(make_config(), clock=clock, mail_sender=sender)
+    client = app.test_client()
+    sid = request_token(client, "carol@example.org").get_json()["sid"]
+    token = re.search(r"token=([\w-]+)", sender.sent[0])
+    assert token
+
+    sender.fail = True
+    failed = request_token(client, "carol@example.org", attempt=2)
+    sender.fail = False
+    retried = request_token(client, "carol@example.org", attempt=2)
+
+    assert failed.get_json()["errcode"] == "M_EMAIL_SEND_ERROR"
+    assert retried.get_json() == {"sid": sid}
+    assert len(sender.sent) == 2
+    submitted = client.post(
+        f"{V1}/validate/email/submitToken",
+        json={"sid": sid, "client_secret": "secret-1", "token": token.group(1)},
+    )
+    assert submitted.get_json() == {"success": True}
+    app.extensions["mxisd"].db.close()

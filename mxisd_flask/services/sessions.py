@@ -16,6 +16,7 @@ from mxisd_flask.errors import (
     TokenIncorrect,
 )
 from mxisd_flask.model import (
+    ThreePid,
     check_client_secret,
     check_next_link,
     normalise_email,
@@ -34,6 +35,16 @@ SMS_TOKEN_DIGITS = 6
 # Wrong tokens a session takes before its token is void: a 6-digit code must
 # not be guessable by trying. A new send_attempt sends a fresh token.
 MAX_FAILED_SUBMITS = 5
+
+
+@dataclass(frozen=True)
+class _Claim:
+    """A requestToken's hold on its session: ``send`` is False when that
+    send_attempt was made already (answer with the sid, send nothing)."""
+
+    sid: str
+    previous: ValidationSession | None
+    send: bool
 
 
 @dataclass(frozen=True)
@@ -69,9 +80,11 @@ class SessionService:
     ) -> str:
         """Create (or reuse) a session and send its token; returns the sid.
 
-        ``address`` is already normalised. The message is handed to its
-        transport before anything is stored, so a failed send leaves no
-        session behind and its token can never validate.
+        ``address`` is already normalised. The send_attempt is recorded
+        before the message goes, so the same request arriving meanwhile gets
+        the same sid and sends nothing. The token is stored only once the
+        message is handed to its transport, and a failed send takes the
+        attempt back: its token can never validate.
         """
         if not self._enabled:
             raise Forbidden(
@@ -82,41 +95,79 @@ class SessionService:
         if not 0 <= send_attempt < MAX_SEND_ATTEMPT:
             raise InvalidParam("send_attempt is out of range")
         check_next_link(next_link)
-        now = self._clock()
 
-        with self._db.read() as cur:
-            existing = self._storage.find(cur, client_secret, medium, address)
-        if existing and self._expired(existing, now):
-            existing = None
-        if existing and send_attempt <= existing.send_attempt:
-            return existing.sid
-
-        sid = existing.sid if existing else secrets.token_urlsafe(16)
-        token = self._token_for(medium, existing)
-        self._notifications.send_validation(
-            medium, address, sid, client_secret, token, next_link or ""
+        claim = self._claim(
+            ThreePid(medium, address), client_secret, send_attempt, next_link
         )
+        if not claim.send:
+            return claim.sid
+
+        token = self._token_for(medium, claim.previous)
+        try:
+            self._notifications.send_validation(
+                medium, address, claim.sid, client_secret, token, next_link or ""
+            )
+        except BaseException:
+            # Whatever failed, no message went out for this attempt.
+            self._release(claim, send_attempt)
+            raise
         with self._db.write() as cur:
+            self._storage.set_token(cur, claim.sid, token, send_attempt)
+        logger.info("session created sid=%s to=%s", claim.sid, redact(medium, address))
+        return claim.sid
+
+    def _claim(
+        self,
+        threepid: ThreePid,
+        client_secret: str,
+        send_attempt: int,
+        next_link: str | None,
+    ) -> _Claim:
+        """Find the session and record this send_attempt, in one transaction."""
+        medium, address = threepid.medium, threepid.address
+        now = self._clock()
+        with self._db.write() as cur:
+            self._db.lock(cur, f"session {client_secret} {medium} {address}")
+            existing = self._storage.find(cur, client_secret, medium, address)
+            if existing and self._expired(existing, now):
+                existing = None
+            if existing and send_attempt <= existing.send_attempt:
+                return _Claim(existing.sid, existing, send=False)
             if existing:
-                self._storage.resend(cur, sid, token, send_attempt, now)
+                self._storage.set_attempt(cur, existing.sid, send_attempt, now)
+                return _Claim(existing.sid, existing, send=True)
+
+            sid = secrets.token_urlsafe(16)
+            # No token until the message is sent: nothing can match it.
+            fresh = ValidationSession(
+                sid,
+                client_secret,
+                medium,
+                address,
+                "",
+                send_attempt,
+                next_link,
+                None,
+                now,
+                now,
+            )
+            self._storage.insert(cur, fresh)
+        return _Claim(sid, None, send=True)
+
+    def _release(self, claim: _Claim, send_attempt: int) -> None:
+        """Take back a claimed attempt whose message was not sent, unless a
+        later attempt has claimed the session since."""
+        with self._db.write() as cur:
+            if claim.previous is None:
+                self._storage.delete_unsent(cur, claim.sid, send_attempt)
             else:
-                self._storage.insert(
+                self._storage.set_attempt(
                     cur,
-                    ValidationSession(
-                        sid,
-                        client_secret,
-                        medium,
-                        address,
-                        token,
-                        send_attempt,
-                        next_link,
-                        None,
-                        now,
-                        now,
-                    ),
+                    claim.sid,
+                    claim.previous.send_attempt,
+                    claim.previous.last_ts,
+                    only_if=send_attempt,
                 )
-        logger.info("session created sid=%s to=%s", sid, redact(medium, address))
-        return sid
 
     def request_email_token(
         self, client_secret: str, email: str, send_attempt: int, next_link: str | None

@@ -7,6 +7,7 @@ lazily per thread (never at import time: gunicorn forks workers).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import sqlite3
@@ -228,6 +229,15 @@ class Database:
             conn.rollback()
             raise
         conn.commit()
+
+    def lock(self, cur: Cursor, key: str) -> None:
+        """Hold ``key`` until this write transaction ends, so two transactions
+        that read then write by the same key run one after the other. SQLite
+        runs writes one at a time already (BEGIN IMMEDIATE)."""
+        if self.backend == "postgresql":
+            digest = hashlib.sha256(key.encode()).digest()
+            number = int.from_bytes(digest[:8], "big", signed=True)
+            cur.execute("SELECT pg_advisory_xact_lock(?)", (number,))
 
     @contextmanager
     def _pg_transaction(self) -> Iterator[Cursor]:

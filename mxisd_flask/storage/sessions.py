@@ -61,13 +61,35 @@ class SessionStorage:
             ),
         )
 
-    def resend(
-        self, cur: Cursor, sid: str, token: str, send_attempt: int, now_ms: int
+    def set_attempt(
+        self,
+        cur: Cursor,
+        sid: str,
+        send_attempt: int,
+        now_ms: int,
+        only_if: int | None = None,
     ) -> None:
+        """Record a send_attempt (only if the session is at ``only_if``)."""
+        sql = "UPDATE sessions SET send_attempt = ?, last_ts = ? WHERE sid = ?"
+        params: tuple[object, ...] = (send_attempt, now_ms, sid)
+        if only_if is not None:
+            sql += " AND send_attempt = ?"
+            params += (only_if,)
+        cur.execute(sql, params)
+
+    def set_token(self, cur: Cursor, sid: str, token: str, send_attempt: int) -> None:
+        """The token of a sent attempt, unless a later attempt took over."""
         cur.execute(
-            "UPDATE sessions SET token = ?, send_attempt = ?, last_ts = ?, "
-            "failed_submits = 0 WHERE sid = ?",
-            (token, send_attempt, now_ms, sid),
+            "UPDATE sessions SET token = ?, failed_submits = 0 "
+            "WHERE sid = ? AND send_attempt = ?",
+            (token, sid, send_attempt),
+        )
+
+    def delete_unsent(self, cur: Cursor, sid: str, send_attempt: int) -> None:
+        """Drop a new session whose first message failed (if still at it)."""
+        cur.execute(
+            "DELETE FROM sessions WHERE sid = ? AND send_attempt = ?",
+            (sid, send_attempt),
         )
 
     def mark_validated(self, cur: Cursor, sid: str, now_ms: int) -> None:
