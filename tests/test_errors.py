@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+import logging
+
 import pytest
+from flask import Flask, request
 from flask.testing import FlaskClient
 
 from conftest import V1, V2
@@ -122,3 +125,27 @@ def test_status_versions_and_pubkeys(client: FlaskClient) -> None:
     ).get_json() == {"valid": False}
     assert missing.status_code == 404
     assert missing.get_json()["errcode"] == "M_NOT_FOUND"
+
+
+def test_an_unhandled_error_logs_its_traceback_but_not_its_text(
+    app: Flask, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A database error's text quotes the row it failed on, address and all.
+    def fail() -> str:
+        address = request.args["address"]
+        try:
+            raise KeyError(f"cause holding {address}")
+        except KeyError as exc:
+            raise RuntimeError(f"duplicate key (email, {address})") from exc
+
+    app.add_url_rule("/fail", view_func=fail)
+
+    response = app.test_client().get("/fail?address=carol@example.org")
+
+    assert response.status_code == 500
+    assert response.get_json()["errcode"] == "M_UNKNOWN"
+    logged = [r for r in caplog.records if r.levelno >= logging.INFO]
+    text = "\n".join(caplog.handler.format(r) for r in logged)
+    assert "Traceback (most recent call last)" in text
+    assert "RuntimeError" in text and "KeyError" in text and "in fail" in text
+    assert "carol@example.org" not in text

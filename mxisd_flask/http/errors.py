@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import traceback
 
 from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
@@ -34,5 +35,27 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception) -> tuple[Response, int]:
-        logger.exception("unhandled error")
+        logger.error("unhandled error\n%s", traceback_without_text(exc))
+        logger.debug("unhandled error text: %s", exc)
         return _json(500, Errcode.UNKNOWN, "Internal server error")
+
+
+def traceback_without_text(exc: BaseException) -> str:
+    """The traceback of ``exc`` and of what caused it, each exception named
+    by its type only: its text may quote what it failed on (a database error
+    names the row, address and all), which only debug may show."""
+    parts = []
+    link: traceback.TracebackException | None = (
+        traceback.TracebackException.from_exception(exc)
+    )
+    while link is not None:
+        parts.append(
+            "Traceback (most recent call last):\n"
+            + "".join(link.stack.format())
+            + f"{link.exc_type.__name__ if link.exc_type else 'unknown'}\n"
+        )
+        cause = link.__cause__
+        if cause is None and not link.__suppress_context__:
+            cause = link.__context__
+        link = cause
+    return "\nwhich was raised while handling:\n".join(parts)
