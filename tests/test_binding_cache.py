@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 
@@ -114,11 +115,18 @@ def test_cache_rebuilds_when_changes_it_missed_were_pruned(
 
 
 def test_cache_answers_under_a_new_pepper_only_after_a_rebuild(
-    writer: Database, cache: BindingHashCache
+    writer: Database, cache: BindingHashCache, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     bind(writer, "alice@example.org", "@alice:example.org")
     cache.start()
     wait_ready(cache)
+    # The rebuild is held until the lookups below are done: running free, it
+    # sometimes finished first (one run in ten failed).
+    rebuild = threading.Event()
+    entries = STORAGE.hash_entries
+    monkeypatch.setattr(
+        STORAGE, "hash_entries", lambda cur: rebuild.wait(10) and entries(cur)
+    )
 
     with writer.write() as cur:
         HashStateStorage().set(cur, "pepper-two", 2)
@@ -128,6 +136,7 @@ def test_cache_answers_under_a_new_pepper_only_after_a_rebuild(
     assert cache.lookup([h("alice@example.org")], PEPPER) is None
     new = h("alice@example.org", "pepper-two")
     assert cache.lookup([new], "pepper-two") is None
+    rebuild.set()
     wait_ready(cache, "pepper-two")
     assert cache.lookup([new], "pepper-two") == {new: "@alice:example.org"}
 
