@@ -151,6 +151,13 @@ def serve(config: Config, path: str | None) -> int:
             # gunicorn 24+ opens a control socket under $HOME, which a system
             # user lacks and which two instances would share.
             options["control_socket_disable"] = True
+            # With reuse_port the master holds no socket and its own
+            # "Listening at:" line names none: say where we listen.
+            scheme = "https" if "certfile" in options else "http"
+            address = f"{scheme}://{options['bind']}"
+            options["when_ready"] = lambda arbiter: arbiter.log.info(
+                "Serving on %s (%s workers)", address, server.workers
+            )
             for key, value in options.items():
                 if key in self.cfg.settings:
                     self.cfg.set(key, value)

@@ -195,6 +195,7 @@ def test_sigterm_stops_cleanly_and_two_instances_run_side_by_side(
         codes = (first.stop(), second.stop())
     assert codes == (0, 0)
     assert "Traceback" not in first.output()
+    assert f"Serving on {first.url} (2 workers)" in first.output()
     assert os.path.exists(tmp_path / "a" / "signing.key")
 
 
