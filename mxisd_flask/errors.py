@@ -6,6 +6,7 @@ them as the spec's ``{"errcode": ..., "error": ...}`` JSON.
 
 from __future__ import annotations
 
+import traceback
 from enum import Enum
 from typing import Any
 
@@ -103,3 +104,24 @@ class HttpStatusError(FetcherError):
 
 class StoreError(Exception):
     """An identity store failed; the text may name hosts, never shown to clients."""
+
+
+def traceback_without_text(exc: BaseException) -> str:
+    """The traceback of ``exc`` and of what caused it, each exception named
+    by its type only: its text may quote what it failed on (a database error
+    names the row, address and all), which only debug may show."""
+    parts = []
+    link: traceback.TracebackException | None = (
+        traceback.TracebackException.from_exception(exc)
+    )
+    while link is not None:
+        parts.append(
+            "Traceback (most recent call last):\n"
+            + "".join(link.stack.format())
+            + f"{link.exc_type.__name__ if link.exc_type else 'unknown'}\n"
+        )
+        cause = link.__cause__
+        if cause is None and not link.__suppress_context__:
+            cause = link.__context__
+        link = cause
+    return "\nwhich was raised while handling:\n".join(parts)

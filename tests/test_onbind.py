@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import ssl
 import subprocess
 import sys
@@ -26,6 +27,7 @@ from mxisd_flask.app import create_app
 from mxisd_flask.config import Config, ConfigError
 from mxisd_flask.services import Services
 from mxisd_flask.services.onbind import ONBIND_PATH, retry_delay_ms
+from mxisd_flask.services.worker import BackgroundWorker
 
 ROOM = "!room:example.org"
 SENDER = "@alice:example.org"
@@ -456,3 +458,27 @@ def test_hash_details_accepts_the_access_token_as_a_query_parameter(
     assert by_query.get_json()["algorithms"]
     assert wrong.status_code == 401
     assert wrong.get_json()["errcode"] == "M_UNAUTHORIZED"
+
+
+def test_a_failed_background_step_logs_its_traceback_but_not_its_text(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A database error's text quotes the row it failed on, address and all.
+    failed = threading.Event()
+    address = "carol@example.org"
+
+    def step() -> None:
+        failed.set()
+        raise RuntimeError(f"duplicate key (email, {address})")
+
+    worker = BackgroundWorker("onbind-test", step, interval_s=60)
+    worker.ensure_running()
+    assert failed.wait(5)
+    worker.stop()
+
+    text = "\n".join(
+        caplog.handler.format(r) for r in caplog.records if r.levelno >= logging.INFO
+    )
+    assert "background step failed" in text
+    assert "RuntimeError" in text and "in step" in text
+    assert address not in text

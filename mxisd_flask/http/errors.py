@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import logging
-import traceback
 
 from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
 
-from mxisd_flask.errors import Errcode, MatrixError
+from mxisd_flask.errors import Errcode, MatrixError, traceback_without_text
 
 logger = logging.getLogger(__name__)
 
@@ -38,24 +37,3 @@ def register_error_handlers(app: Flask) -> None:
         logger.error("unhandled error\n%s", traceback_without_text(exc))
         logger.debug("unhandled error text: %s", exc)
         return _json(500, Errcode.UNKNOWN, "Internal server error")
-
-
-def traceback_without_text(exc: BaseException) -> str:
-    """The traceback of ``exc`` and of what caused it, each exception named
-    by its type only: its text may quote what it failed on (a database error
-    names the row, address and all), which only debug may show."""
-    parts = []
-    link: traceback.TracebackException | None = (
-        traceback.TracebackException.from_exception(exc)
-    )
-    while link is not None:
-        parts.append(
-            "Traceback (most recent call last):\n"
-            + "".join(link.stack.format())
-            + f"{link.exc_type.__name__ if link.exc_type else 'unknown'}\n"
-        )
-        cause = link.__cause__
-        if cause is None and not link.__suppress_context__:
-            cause = link.__context__
-        link = cause
-    return "\nwhich was raised while handling:\n".join(parts)

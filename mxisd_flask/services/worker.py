@@ -13,6 +13,8 @@ import os
 import threading
 from collections.abc import Callable
 
+from mxisd_flask.errors import traceback_without_text
+
 logger = logging.getLogger(__name__)
 
 
@@ -57,9 +59,16 @@ class BackgroundWorker:
         while not self._stopping.is_set():
             try:
                 self._step()
-            except Exception:
+            except Exception as exc:
                 # One failed pass (a database restart, a bug) must not end
                 # every later delivery in this process; the next pass retries.
-                logger.exception("background step failed name=%s", self._name)
+                # Not logger.exception: the exception's text may quote what
+                # failed (a row's address); the traceback is enough here.
+                logger.error(
+                    "background step failed name=%s\n%s",
+                    self._name,
+                    traceback_without_text(exc),
+                )
+                logger.debug("background step failure text: %s", exc)
             self._wake.wait(self._interval_s)
             self._wake.clear()
