@@ -470,6 +470,21 @@ def test_bad_notification_config_names_the_key(
         create_app(make_config(**extra))
 
 
+def test_a_medium_without_connector_is_a_warning_that_says_what_fails(
+    make_config: ConfigFactory, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level("WARNING", logger=notifications.__name__):
+        client = app_with(make_config, clock)
+
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any(
+        "medium=msisdn: its validation and invite messages cannot be sent" in w
+        for w in warnings
+    ), warnings
+    response = client.post(f"{V1}/validate/msisdn/requestToken", json=SMS_REQUEST)
+    assert response.get_json()["errcode"] == "M_SEND_ERROR"
+
+
 class FileSmsSender:
     """Another SMS provider, as an admin would add one: a single class."""
 

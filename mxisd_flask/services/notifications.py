@@ -83,7 +83,11 @@ def build_handlers(
         if medium == "email" and mail_sender is not None:
             connector = mail_sender
         if connector is None:
-            logger.warning("no connector configured medium=%s", medium)
+            logger.warning(
+                "no connector configured medium=%s: its validation and invite"
+                " messages cannot be sent (requestToken answers M_SEND_ERROR)",
+                medium,
+            )
             continue
         factory = HANDLERS.get(settings.handler)
         if factory is None:
