@@ -12,6 +12,15 @@ from mxisd_flask.config import WARNINGS, Config, load_config
 from mxisd_flask.errors import ConfigError
 
 logger = logging.getLogger(__name__)
+LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
+
+
+def setup_logging() -> None:
+    """Our log lines on standard error, at INFO until the file sets the level.
+
+    Does nothing when the host program has configured logging already.
+    """
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,9 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     invites.add_argument("--config", dest="sub_config", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
-    logging.basicConfig(
-        level=logging.INFO, format="%(levelname)s %(name)s: %(message)s"
-    )
+    setup_logging()
     path = getattr(args, "sub_config", None) or args.config
     try:
         config = load_config(path)

@@ -199,6 +199,45 @@ def test_sigterm_stops_cleanly_and_two_instances_run_side_by_side(
     assert os.path.exists(tmp_path / "a" / "signing.key")
 
 
+def test_gunicorn_wsgi_app_logs_like_mxisd_run(tmp_path: Path) -> None:
+    # The README's other way to run: gunicorn's own command line, not ours.
+    port = free_port()
+    config = tmp_path / "mxisd.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "matrix": {"domain": "example.org"},
+                "key": {"path": str(tmp_path / "signing.key")},
+                "storage": {"provider": {"sqlite": {"database": str(tmp_path / "db")}}},
+                "logging": {"level": "INFO"},
+            }
+        )
+    )
+    log_path = tmp_path / "gunicorn.log"
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}"]
+            + ["--no-control-socket", "wsgi:app"],
+            cwd=ROOT,
+            env={**os.environ, "MXISD_CONFIG": str(config)},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            deadline = time.monotonic() + 30
+            while "mxisd-flask ready" not in log_path.read_text():
+                assert process.poll() is None, log_path.read_text()
+                assert time.monotonic() < deadline, log_path.read_text()
+                time.sleep(0.1)
+        finally:
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=30)
+    output = log_path.read_text()
+
+    assert "INFO mxisd_flask.app: mxisd-flask ready server_name=example.org" in output
+    assert "WARNING mxisd_flask.services.notifications: no connector" in output
+
+
 def raw_http(server: Server, request: bytes) -> tuple[int, bytes, Any]:
     """Send ``request`` as it is; the status, headers and JSON body."""
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
