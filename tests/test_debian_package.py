@@ -266,8 +266,22 @@ def test_package_builds_and_lintian_reports_no_error(builds: Builds) -> None:
         "./usr/bin/mxisd",
         "./usr/share/mxisd/templates/email/validation.eml",
         "./usr/share/doc/mxisd/examples/mxisd.example.yaml",
+        "./usr/share/doc/mxisd/examples/mxisd.conf",
     ):
         assert path in contents, path
+    # Every doc the unit, the manual page and the configuration point to.
+    named = set()
+    for source in (
+        "debian/mxisd.service",
+        "debian/mxisd.1",
+        "etc/mxisd.production.yaml",
+    ):
+        named.update(
+            re.findall(r"/usr/share/doc/mxisd/[\w.-]+\.md", (ROOT / source).read_text())
+        )
+    assert named
+    for doc in sorted(named):
+        assert f".{doc}" in contents.split(), doc
 
     linted = subprocess.run(
         ["lintian", "--fail-on", "error", str(built.changes)],
