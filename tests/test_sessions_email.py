@@ -236,6 +236,27 @@ def test_get_submit_token_redirects_to_http_next_link_only(
             assert "javascript" not in response.get_data(as_text=True)
 
 
+def test_a_stored_next_link_with_a_control_character_is_not_followed(
+    client: FlaskClient, mailbox: Mailbox
+) -> None:
+    # requestToken refuses such links; a session stored by an older version
+    # may still hold one, and a redirect to it cannot be sent.
+    sid = request_token(client, "carol@example.org").get_json()["sid"]
+    with client.application.extensions["mxisd"].db.write() as cur:
+        cur.execute(
+            "UPDATE sessions SET next_link = ? WHERE sid = ?",
+            ("https://app.example.org/done\n", sid),
+        )
+
+    response = client.get(
+        f"{V1}/validate/email/submitToken",
+        query_string={"sid": sid, "client_secret": "secret-1", "token": mailbox.token()},
+    )
+
+    assert response.status_code == 200
+    assert "Location" not in response.headers
+
+
 def test_unreachable_smtp_gives_send_error_and_leaves_no_session(
     make_config: ConfigFactory, clock: FakeClock, mailbox: Mailbox
 ) -> None:

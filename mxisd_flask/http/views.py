@@ -22,6 +22,9 @@ def safe_next_link(next_link: str | None) -> str | None:
     """A next_link we may redirect to: absolute http(s) only, never javascript:."""
     if not next_link:
         return None
+    # Refused at requestToken since; a session stored before may hold one.
+    if any(ord(char) < 0x20 or ord(char) == 0x7F for char in next_link):
+        return None
     parts = urllib.parse.urlsplit(next_link)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         return None
