@@ -250,7 +250,11 @@ def test_a_stored_next_link_with_a_control_character_is_not_followed(
 
     response = client.get(
         f"{V1}/validate/email/submitToken",
-        query_string={"sid": sid, "client_secret": "secret-1", "token": mailbox.token()},
+        query_string={
+            "sid": sid,
+            "client_secret": "secret-1",
+            "token": mailbox.token(),
+        },
     )
 
     assert response.status_code == 200
