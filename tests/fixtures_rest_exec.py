@@ -21,7 +21,7 @@ import mxisd_backend
 import pytest
 from flask.testing import FlaskClient
 
-from conftest import V1, V2, Homeserver, bearer, deep_merge, register
+from conftest import V1, V2, Homeserver, bearer, deep_merge, register, sha256_lookup
 from mxisd_flask.config import Config, parse_config
 from mxisd_flask.crypto.hashing import lookup_hash
 
@@ -206,11 +206,7 @@ def v2_hashed_lookup(
     details = client.get(f"{V2}/hash_details", headers=bearer(token)).get_json()
     pepper = details["lookup_pepper"]
     hashes = {lookup_hash(a, m, pepper): (m, a) for m, a in threepids}
-    response = client.post(
-        f"{V2}/lookup",
-        json={"algorithm": "sha256", "pepper": pepper, "addresses": list(hashes)},
-        headers=bearer(token),
-    )
+    response = sha256_lookup(client, token, pepper, list(hashes))
     assert response.status_code == 200
     return {hashes[h]: mxid for h, mxid in response.get_json()["mappings"].items()}
 

@@ -16,7 +16,7 @@ from fixtures_ldap import Slapd, ldif_users, write_temp
 from flask import Flask
 from flask.testing import FlaskClient
 
-from conftest import V1, V2, ConfigFactory, Homeserver, bearer, register
+from conftest import V1, V2, ConfigFactory, Homeserver, bearer, register, sha256_lookup
 from mxisd_flask.app import create_app
 from mxisd_flask.config import parse_config
 from mxisd_flask.crypto.hashing import lookup_hash
@@ -555,15 +555,7 @@ def test_v2_hashed_lookup_finds_ldap_users_through_the_index(
         ]
     }
 
-    response = client.post(
-        f"{V2}/lookup",
-        json={
-            "algorithm": "sha256",
-            "pepper": pepper,
-            "addresses": list(hashes.values()),
-        },
-        headers=bearer(token),
-    )
+    response = sha256_lookup(client, token, pepper, list(hashes.values()))
 
     assert response.get_json() == {
         "mappings": {
@@ -603,11 +595,7 @@ def test_a_custom_medium_answers_every_lookup_api(
         json={"algorithm": "none", "pepper": pepper, "addresses": ["E-1002 employee"]},
         headers=bearer(token),
     ).get_json()
-    by_hash = client.post(
-        f"{V2}/lookup",
-        json={"algorithm": "sha256", "pepper": pepper, "addresses": hashes},
-        headers=bearer(token),
-    ).get_json()
+    by_hash = sha256_lookup(client, token, pepper, hashes).get_json()
     close_app(application)
 
     assert (found["medium"], found["address"], found["mxid"]) == (
@@ -892,11 +880,7 @@ def test_v2_lookup_finds_memory_users_while_ldap_is_down_at_the_first_build(
     slapd.stop()
     alice = lookup_hash("alice@example.org", "email", pepper)
 
-    response = client.post(
-        f"{V2}/lookup",
-        json={"algorithm": "sha256", "pepper": pepper, "addresses": [alice]},
-        headers=bearer(token),
-    )
+    response = sha256_lookup(client, token, pepper, [alice])
 
     assert response.status_code == 200
     assert response.get_json() == {"mappings": {alice: "@alice:example.org"}}

@@ -11,6 +11,7 @@ from conftest import (
     Mailbox,
     bearer,
     register,
+    sha256_lookup,
     validated_session,
 )
 from mxisd_flask.crypto.hashing import lookup_hash
@@ -95,15 +96,7 @@ def test_v2_hashed_lookup_finds_bindings_and_memory_identities(
         for a in ("carol@example.org", "alice@example.org", "nobody@example.org")
     }
 
-    response = client.post(
-        f"{V2}/lookup",
-        json={
-            "algorithm": "sha256",
-            "pepper": pepper,
-            "addresses": list(hashes.values()),
-        },
-        headers=bearer(token),
-    )
+    response = sha256_lookup(client, token, pepper, list(hashes.values()))
 
     assert response.get_json() == {
         "mappings": {
@@ -142,11 +135,7 @@ def test_v2_lookup_with_wrong_pepper_tells_the_current_one(
         "lookup_pepper"
     ]
 
-    response = client.post(
-        f"{V2}/lookup",
-        json={"algorithm": "sha256", "pepper": "stale", "addresses": []},
-        headers=bearer(token),
-    )
+    response = sha256_lookup(client, token, "stale", [])
 
     assert response.status_code == 400
     body = response.get_json()
@@ -184,14 +173,8 @@ def test_pepper_rotates_on_schedule_and_bindings_follow(
     new = client.get(f"{V2}/hash_details", headers=bearer(token)).get_json()[
         "lookup_pepper"
     ]
-    found = client.post(
-        f"{V2}/lookup",
-        json={
-            "algorithm": "sha256",
-            "pepper": new,
-            "addresses": [lookup_hash("carol@example.org", "email", new)],
-        },
-        headers=bearer(token),
+    found = sha256_lookup(
+        client, token, new, [lookup_hash("carol@example.org", "email", new)]
     ).get_json()
 
     assert new != old

@@ -24,6 +24,7 @@ from conftest import (
     free_port,
     homeserver_config,
     register,
+    sha256_lookup,
 )
 from mxisd_flask.app import create_app
 from mxisd_flask.crypto.hashing import lookup_hash
@@ -179,11 +180,7 @@ def test_v2_hashed_lookup_finds_listed_threepids(
     }
     unknown = lookup_hash("ghost@example.org", "email", pepper)
 
-    response = client.post(
-        f"{V2}/lookup",
-        json={"algorithm": "sha256", "pepper": pepper, "addresses": [*wanted, unknown]},
-        headers=bearer(token),
-    )
+    response = sha256_lookup(client, token, pepper, [*wanted, unknown])
 
     assert response.status_code == 200
     assert response.get_json()["mappings"] == wanted
@@ -329,11 +326,7 @@ def test_hashed_lookup_answers_from_the_others_while_the_database_is_down(
     alice = lookup_hash("alice@example.org", "email", pepper)  # memory store
     anna = lookup_hash("anna@example.org", "email", pepper)  # SQL store only
 
-    response = client.post(
-        f"{V2}/lookup",
-        json={"algorithm": "sha256", "pepper": pepper, "addresses": [alice, anna]},
-        headers=bearer(token),
-    )
+    response = sha256_lookup(client, token, pepper, [alice, anna])
 
     # The SQL store failed to list: the index leaves out its 3PIDs only, and
     # still answers from the memory store, rather than an error.
@@ -457,11 +450,7 @@ def test_synapse_hashed_lookup(
     bob = lookup_hash("bob@example.org", "email", pepper)
     alice_phone = lookup_hash("447700900123", "msisdn", pepper)
 
-    response = client.post(
-        f"{V2}/lookup",
-        json={"algorithm": "sha256", "pepper": pepper, "addresses": [bob, alice_phone]},
-        headers=bearer(token),
-    )
+    response = sha256_lookup(client, token, pepper, [bob, alice_phone])
 
     assert response.get_json()["mappings"] == {
         bob: "@bob:example.org",
