@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import json
 import logging
 import os
 import re
@@ -233,6 +234,26 @@ def make_config(
     return factory
 
 
+class JsonHandler(BaseHTTPRequestHandler):
+    """A test server's request handler: JSON answers, no access log."""
+
+    def send_json(
+        self, status: int, body: Any, headers: dict[str, str] | None = None
+    ) -> None:
+        """Answer ``body``: bytes as they are, anything else as JSON."""
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
 class Homeserver:
     """A homeserver's OpenID userinfo endpoint: token -> user id."""
 
@@ -241,25 +262,16 @@ class Homeserver:
         self.calls = 0
         outer = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(JsonHandler):
             def do_GET(self) -> None:  # noqa: N802  # http.server hook name
                 outer.calls += 1
                 match = re.search(r"access_token=([^&]+)", self.path)
                 user = outer.tokens.get(match.group(1)) if match else None
                 ok = self.path.startswith("/_matrix/federation/v1/openid/userinfo")
                 if ok and user:
-                    self._answer(200, f'{{"sub": "{user}"}}')
+                    self.send_json(200, {"sub": user})
                 else:
-                    self._answer(401, '{"errcode": "M_UNKNOWN_TOKEN", "error": "no"}')
-
-            def _answer(self, status: int, body: str) -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.end_headers()
-                self.wfile.write(body.encode())
-
-            def log_message(self, *args: Any) -> None:
-                pass
+                    self.send_json(401, {"errcode": "M_UNKNOWN_TOKEN", "error": "no"})
 
         self.server, self.url = serve_http(Handler)
 

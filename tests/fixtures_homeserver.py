@@ -21,6 +21,8 @@ from typing import Any
 
 import pytest
 
+from conftest import JsonHandler
+
 
 @dataclass(frozen=True)
 class Recorded:
@@ -93,7 +95,7 @@ class FakeHomeserver:
     def _handler_class(self) -> type[BaseHTTPRequestHandler]:
         outer = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(JsonHandler):
             protocol_version = "HTTP/1.1"
 
             def _serve(self) -> None:
@@ -107,17 +109,9 @@ class FakeHomeserver:
                     self.rfile.read(length),
                 )
                 status, body = outer._record(request)
-                raw = body if isinstance(body, bytes) else json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(raw)))
-                self.end_headers()
-                self.wfile.write(raw)
+                self.send_json(status, body)
 
             do_GET = do_POST = do_PUT = _serve  # noqa: N815  # http.server hooks
-
-            def log_message(self, *args: Any) -> None:
-                pass
 
         return Handler
 

@@ -21,7 +21,16 @@ import mxisd_backend
 import pytest
 from flask.testing import FlaskClient
 
-from conftest import V1, V2, Homeserver, bearer, deep_merge, register, sha256_lookup
+from conftest import (
+    V1,
+    V2,
+    Homeserver,
+    JsonHandler,
+    bearer,
+    deep_merge,
+    register,
+    sha256_lookup,
+)
 from mxisd_flask.config import Config, parse_config
 from mxisd_flask.crypto.hashing import lookup_hash
 
@@ -91,7 +100,7 @@ class RestBackend:
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         outer = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(JsonHandler):
             def do_POST(self) -> None:  # noqa: N802  # http.server hook name
                 length = int(self.headers.get("Content-Length", 0))
                 body = json.loads(self.rfile.read(length) or b"null")
@@ -100,30 +109,16 @@ class RestBackend:
                 if mode == "slow":
                     time.sleep(outer.slow_s)
                 if mode == "redirect":
-                    self._send(307, b"", {"Location": outer.url + self.path})
+                    self.send_json(307, b"", {"Location": outer.url + self.path})
                 elif mode in ("500", "404"):
-                    self._send(int(mode), b'{"error": "backend trouble"}')
+                    self.send_json(int(mode), b'{"error": "backend trouble"}')
                 elif mode == "badjson":
-                    self._send(200, b'{"lookup": {"id": ')
+                    self.send_json(200, b'{"lookup": {"id": ')
                 elif mode == "loop":
-                    self._send(200, b'{"lookup": [], "next": "again"}')
+                    self.send_json(200, b'{"lookup": [], "next": "again"}')
                 else:
                     status, answer = outer.answer(self.path, body)
-                    self._send(status, json.dumps(answer).encode())
-
-            def _send(
-                self, status: int, data: bytes, headers: dict[str, str] | None = None
-            ) -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                for name, value in (headers or {}).items():
-                    self.send_header(name, value)
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args: Any) -> None:
-                pass
+                    self.send_json(status, answer)
 
         return Handler
 

@@ -10,18 +10,16 @@ way Twilio does: 201 with the message resource, or Twilio's error JSON
 from __future__ import annotations
 
 import base64
-import json
 import re
 import urllib.parse
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import pytest
 
-from conftest import serve_http
+from conftest import JsonHandler, serve_http
 
 ACCOUNT_SID = "AC" + "0123456789abcdef" * 2
 AUTH_TOKEN = "twilio-test-auth-token"
@@ -46,21 +44,13 @@ class TwilioServer:
         self.failure: tuple[int, int, str] | None = None
         outer = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(JsonHandler):
             def do_POST(self) -> None:  # noqa: N802  # http.server hook name
                 outer.requests += 1
                 length = int(self.headers.get("Content-Length") or 0)
                 form = urllib.parse.parse_qs(self.rfile.read(length).decode())
                 status, body = outer.answer(self.path, self.headers, form)
-                payload = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-            def log_message(self, *args: Any) -> None:
-                pass
+                self.send_json(status, body)
 
         self.server, self.url = serve_http(Handler)
 

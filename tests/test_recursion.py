@@ -11,7 +11,6 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import pytest
@@ -27,6 +26,7 @@ from conftest import (
     ConfigFactory,
     FakeClock,
     Homeserver,
+    JsonHandler,
     bearer,
     deep_merge,
     free_port,
@@ -541,7 +541,7 @@ class StandIn:
         self._on_close = on_close
         outer = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(JsonHandler):
             def do_GET(self) -> None:  # noqa: N802  # http.server hook name
                 self._reply(None)
 
@@ -552,16 +552,7 @@ class StandIn:
                 self._reply(body)
 
             def _reply(self, body: Any) -> None:
-                status, data = answer(self.command, self.path, body)
-                payload = json.dumps(data).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-            def log_message(self, *args: Any) -> None:
-                pass
+                self.send_json(*answer(self.command, self.path, body))
 
         self.server, self.url = serve_http(Handler)
 
