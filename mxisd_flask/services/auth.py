@@ -23,6 +23,7 @@ from mxisd_flask.stores.base import (
     IdentityStore,
     Profile,
     ThreePid,
+    stored_profiles,
 )
 
 logger = logging.getLogger(__name__)
@@ -126,14 +127,7 @@ class AuthService:
         display_name = profile.display_name
         threepids: list[ThreePid] = list(profile.threepids)
         roles: list[str] = list(profile.roles)
-        for store in self._profile_stores:
-            try:
-                found = store.profile(mxid)
-            except StoreError as exc:
-                logger.warning("profile store failed store=%s: %s", store.name, exc)
-                continue
-            if found is None:
-                continue
+        for found in stored_profiles(self._profile_stores, mxid):
             display_name = display_name or found.display_name
             threepids += [tp for tp in found.threepids if tp not in threepids]
             roles += [role for role in found.roles if role not in roles]

@@ -16,7 +16,12 @@ from typing import Any
 from mxisd_flask.errors import FetcherError, StoreError, Unknown
 from mxisd_flask.outbound import Relayed
 from mxisd_flask.services.homeserver_client import HomeserverClient
-from mxisd_flask.stores.base import Capability, DirectoryEntry, IdentityStore
+from mxisd_flask.stores.base import (
+    Capability,
+    DirectoryEntry,
+    IdentityStore,
+    stored_profiles,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -132,13 +137,8 @@ class DirectoryService:
 
     def _display_name(self, mxid: str) -> str | None:
         """A display name from the profile stores, for entries that lack one."""
-        for store in self._profiles:
-            try:
-                profile = store.profile(mxid)
-            except StoreError as exc:
-                logger.warning("profile store failed store=%s: %s", store.name, exc)
-                continue
-            if profile is not None and profile.display_name:
+        for profile in stored_profiles(self._profiles, mxid):
+            if profile.display_name:
                 return profile.display_name
         return None
 

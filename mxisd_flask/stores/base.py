@@ -11,9 +11,14 @@ the next store. "Not found" is never an error: it is ``None`` or empty.
 from __future__ import annotations
 
 import enum
+import logging
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from mxisd_flask.errors import StoreError
+
+logger = logging.getLogger(__name__)
 
 ThreePid = tuple[str, str]  # (medium, normalised address)
 
@@ -109,3 +114,16 @@ def enabled_capabilities(
         for cap in supported
         if values.get(f"{section}.{cap.value}.enabled", True) is not False
     )
+
+
+def stored_profiles(stores: Iterable[IdentityStore], mxid: str) -> Iterator[Profile]:
+    """The profiles ``stores`` hold for ``mxid``, in their order; a store
+    that fails is logged and skipped."""
+    for store in stores:
+        try:
+            found = store.profile(mxid)
+        except StoreError as exc:
+            logger.warning("profile store failed store=%s: %s", store.name, exc)
+            continue
+        if found is not None:
+            yield found
