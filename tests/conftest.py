@@ -10,6 +10,7 @@ import logging
 import os
 import re
 import socket
+import sqlite3
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -28,6 +29,7 @@ from werkzeug.test import TestResponse
 
 from mxisd_flask.app import create_app
 from mxisd_flask.config import Config, load_config
+from mxisd_flask.storage.db import Database
 
 # Fixtures of each feature live in their own module, one per real part.
 pytest_plugins = [
@@ -366,6 +368,17 @@ def validated_session(
     return sid
 
 
+def trace_statements(db: Database) -> list[str]:
+    """The SQL statements that this thread's connection to ``db`` runs from
+    now on, on SQLite; always empty on PostgreSQL."""
+    statements: list[str] = []
+    if db.backend == "sqlite":
+        with db.read() as cur:
+            assert isinstance(cur, sqlite3.Cursor)
+            cur.connection.set_trace_callback(statements.append)
+    return statements
+
+
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
@@ -391,6 +404,15 @@ def app(config: Config, clock: FakeClock) -> Iterator[Flask]:
     application = create_app(config, clock=clock)
     yield application
     application.extensions["mxisd"].db.close()
+
+
+@pytest.fixture
+def two_workers(config: Config, clock: FakeClock) -> Iterator[tuple[Flask, Flask]]:
+    """Two apps on one database, as two gunicorn workers have."""
+    apps = (create_app(config, clock=clock), create_app(config, clock=clock))
+    yield apps
+    for application in apps:
+        application.extensions["mxisd"].db.close()
 
 
 @pytest.fixture

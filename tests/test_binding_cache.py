@@ -1,30 +1,31 @@
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Iterator
 
 import pytest
+from flask import Flask
 
 from conftest import (
     V1,
     V2,
-    ConfigFactory,
-    FakeClock,
     Homeserver,
     Mailbox,
     bearer,
-    homeserver_config,
     register,
     sha256_lookup,
+    trace_statements,
     validated_session,
 )
-from mxisd_flask.app import create_app
 from mxisd_flask.config import Config
 from mxisd_flask.crypto.hashing import lookup_hash
+from mxisd_flask.services import binding_cache as binding_cache_module
 from mxisd_flask.services.binding_cache import BindingHashCache
 from mxisd_flask.storage import bindings as bindings_module
 from mxisd_flask.storage.bindings import BindingStorage, HashStateStorage
+from mxisd_flask.storage.counter import BINDINGS, SUFFIX
 from mxisd_flask.storage.db import Database
 
 # The in-memory table is SQLite's only (PostgreSQL lookups ask the database).
@@ -46,10 +47,16 @@ def writer(config: Config) -> Iterator[Database]:
 
 
 @pytest.fixture
-def cache(config: Config, writer: Database) -> Iterator[BindingHashCache]:
+def reader(config: Config, writer: Database) -> Iterator[Database]:
+    """This worker's connection, which the cache reads through."""
     db = Database(config.storage)
-    yield BindingHashCache(db, STORAGE)
+    yield db
     db.close()
+
+
+@pytest.fixture
+def cache(reader: Database) -> BindingHashCache:
+    return BindingHashCache(reader, STORAGE)
 
 
 def h(address: str, pepper: str = PEPPER) -> str:
@@ -142,14 +149,9 @@ def test_cache_answers_under_a_new_pepper_only_after_a_rebuild(
 
 
 def test_v2_lookup_in_one_worker_sees_a_bind_made_in_another(
-    make_config: ConfigFactory,
-    clock: FakeClock,
-    mailbox: Mailbox,
-    homeserver: Homeserver,
+    two_workers: tuple[Flask, Flask], mailbox: Mailbox, homeserver: Homeserver
 ) -> None:
-    config = make_config(**homeserver_config(homeserver))
-    first = create_app(config, clock=clock)
-    second = create_app(config, clock=clock)
+    first, second = two_workers
     client = second.test_client()
     token = register(client, homeserver, "@dave:example.org")
     pepper = client.get(f"{V2}/hash_details", headers=bearer(token)).get_json()[
@@ -172,5 +174,112 @@ def test_v2_lookup_in_one_worker_sees_a_bind_made_in_another(
     assert bound.status_code == 200
     assert cache.ready(pepper)
     assert found.get_json() == {"mappings": {wanted: "@carol:example.org"}}
-    for app in (first, second):
-        app.extensions["mxisd"].db.close()
+
+
+def test_cache_asks_sqlite_nothing_while_no_process_logged_a_change(
+    writer: Database, reader: Database, cache: BindingHashCache
+) -> None:
+    bind(writer, "alice@example.org", "@alice:example.org")
+    cache.start()
+    wait_ready(cache)
+    statements = trace_statements(reader)
+    wanted = [h("alice@example.org"), h("bob@example.org")]
+
+    quiet = [cache.lookup(wanted, PEPPER) for _ in range(3)]
+    asked_while_quiet = list(statements)
+    bind(writer, "bob@example.org", "@bob:example.org")
+    after = cache.lookup(wanted, PEPPER)
+
+    assert quiet == [{wanted[0]: "@alice:example.org"}] * 3
+    assert asked_while_quiet == []
+    assert after == {wanted[0]: "@alice:example.org", wanted[1]: "@bob:example.org"}
+    assert any("binding_changes" in s for s in statements)
+
+
+def test_a_bind_that_rolls_back_is_never_seen(
+    writer: Database, cache: BindingHashCache
+) -> None:
+    """The writer stores the log row's number before its commit; a rollback
+    leaves that number with no row."""
+    cache.start()
+    wait_ready(cache)
+    wanted = [h("alice@example.org"), h("bob@example.org")]
+    with pytest.raises(RuntimeError), writer.write() as cur:
+        STORAGE.upsert(
+            cur, "email", "alice@example.org", "@a:example.org", wanted[0], 1
+        )
+        raise RuntimeError("the request failed after the bind")
+
+    assert cache.lookup(wanted, PEPPER) == {}
+    bind(writer, "bob@example.org", "@bob:example.org")
+    assert cache.lookup(wanted, PEPPER) == {wanted[1]: "@bob:example.org"}
+
+
+def test_cache_reads_the_log_within_a_second_if_the_counters_file_is_replaced(
+    config: Config,
+    writer: Database,
+    cache: BindingHashCache,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(binding_cache_module, "RECHECK_SECONDS", 0.2)
+    cache.start()
+    wait_ready(cache)
+    os.unlink(config.storage.sqlite_database + SUFFIX)
+    newcomer = Database(config.storage)  # a process started after the delete
+    bind(newcomer, "alice@example.org", "@alice:example.org")
+    wanted = [h("alice@example.org")]
+
+    deadline = time.monotonic() + 5
+    while not cache.lookup(wanted, PEPPER):
+        assert time.monotonic() < deadline, "bind not seen in 5 s"
+        time.sleep(0.05)
+    newcomer.close()
+
+
+def test_a_build_brings_counters_behind_the_log_up_to_date(
+    writer: Database, reader: Database, cache: BindingHashCache
+) -> None:
+    """A log written before the counters' file existed (an upgrade)."""
+    bind(writer, "alice@example.org", "@alice:example.org")
+    counters = writer.change_counters
+    assert counters is not None
+    with writer.read() as cur:
+        last = STORAGE.last_change(cur)
+    counters.publish(BINDINGS, 0)
+
+    cache.start()
+    wait_ready(cache)
+    statements = trace_statements(reader)
+    found = cache.lookup([h("alice@example.org")], PEPPER)
+
+    assert counters.read(BINDINGS) == last
+    assert found == {h("alice@example.org"): "@alice:example.org"}
+    assert statements == []
+
+
+def test_v1_lookup_answers_from_the_table_and_sees_another_workers_changes(
+    two_workers: tuple[Flask, Flask], mailbox: Mailbox
+) -> None:
+    first, second = two_workers
+    binder, client = first.test_client(), second.test_client()
+    sid = validated_session(binder, mailbox, "carol@example.org", secret="s-carol")
+    body = {"sid": sid, "client_secret": "s-carol", "mxid": "@carol:example.org"}
+    assert binder.post(f"{V1}/3pid/bind", json=body).status_code == 200
+    services = second.extensions["mxisd"]
+    cache = services.chain.bindings_cache
+    assert cache is not None
+    cache.start()
+    pepper = services.lookups.hash_details()["lookup_pepper"]
+    wait_ready(cache, pepper)
+    statements = trace_statements(services.db)
+    query = {"medium": "email", "address": "carol@example.org"}
+
+    bound = client.get(f"{V1}/lookup", query_string=query).get_json()
+    asked_for_bound = list(statements)
+    unbind = {**body, "threepid": {"medium": "email", "address": "carol@example.org"}}
+    assert binder.post(f"{V1}/3pid/unbind", json=unbind).status_code == 200
+    unbound = client.get(f"{V1}/lookup", query_string=query).get_json()
+
+    assert bound["mxid"] == "@carol:example.org"
+    assert asked_for_bound == []
+    assert unbound == {}

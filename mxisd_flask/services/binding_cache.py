@@ -7,9 +7,11 @@ and unbind also appends its hash and new mxid (none for an unbind) to the
 ``binding_changes`` log in the same transaction, and each lookup first
 applies the log's rows after the last one this process has seen, so a
 lookup never misses a binding committed before it started, whichever
-worker committed it. A new pepper, or a gap in the log (old rows are
-pruned), starts a rebuild from the table in a background thread; lookups
-ask SQLite meanwhile.
+worker committed it. The log's writers also store its newest row's number
+in a file every process maps (storage/counter.py): while that number is
+the last one this process applied, a lookup asks SQLite nothing. A new
+pepper, or a gap in the log (old rows are pruned), starts a rebuild from
+the table in a background thread; lookups ask SQLite meanwhile.
 
 Only for SQLite: a PostgreSQL database may be shared by servers on several
 hosts, and its sequences do not follow commit order, so a log read by
@@ -28,9 +30,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from mxisd_flask.storage.bindings import ALL_CHANGED, BindingStorage, HashStateStorage
+from mxisd_flask.storage.counter import BINDINGS, ChangeCounters
 from mxisd_flask.storage.db import Database
 
 logger = logging.getLogger(__name__)
+
+# The change log is read at least this often even while the shared counters
+# say nothing changed: should its file be deleted or replaced under running
+# processes, they part ways for at most this long.
+RECHECK_SECONDS = 1.0
 
 
 @dataclass
@@ -48,6 +56,8 @@ class BindingHashCache:
         self._snapshot: _Snapshot | None = None
         self._lock = threading.Lock()
         self._building_in: int | None = None  # pid of the process building
+        self._counters: ChangeCounters | None = None
+        self._checked = 0.0  # time.monotonic() of the last read of the log
 
     def lookup(self, hashes: Sequence[str], pepper: str) -> dict[str, str] | None:
         """mxids for those of ``hashes`` that are bound, or None when this
@@ -57,6 +67,12 @@ class BindingHashCache:
             return None
         entries = snapshot.entries
         return {h: mxid for h in hashes if (mxid := entries.get(h)) is not None}
+
+    @property
+    def pepper(self) -> str | None:
+        """The pepper of the table this process holds, if it holds one."""
+        snapshot = self._snapshot
+        return None if snapshot is None else snapshot.pepper
 
     def ready(self, pepper: str) -> bool:
         """Whether lookups under ``pepper`` answer from memory now."""
@@ -68,6 +84,9 @@ class BindingHashCache:
         if snapshot is None or snapshot.pepper != pepper:
             self._start_build()
             return None
+        if self._unchanged_since(snapshot):
+            return snapshot
+        self._checked = time.monotonic()
         with self._db.read() as cur:
             changes = self._storage.changes_since(cur, snapshot.seq)
         if not changes:
@@ -77,6 +96,16 @@ class BindingHashCache:
         if snapshot is None:
             self._start_build()
         return snapshot
+
+    def _unchanged_since(self, snapshot: _Snapshot) -> bool:
+        """Whether the shared counters still hold the snapshot's last change,
+        so the log has nothing newer, and the log was read under a second ago."""
+        counters = self._counters
+        return (
+            counters is not None
+            and counters.read(BINDINGS) == snapshot.seq
+            and time.monotonic() - self._checked < RECHECK_SECONDS
+        )
 
     def _apply(self, pepper: str) -> _Snapshot | None:
         """Apply the log's new rows, or drop the table when they cannot be
@@ -127,9 +156,12 @@ class BindingHashCache:
             # Lookups go on asking storage; the next one tries again.
             logger.warning("binding cache build failed: %s", exc)
             state = None
+        if state is not None:
+            self._sync_counters(seq)
         with self._lock:
             if state is not None:
                 self._snapshot = _Snapshot(state[0], seq, entries)
+                self._checked = time.monotonic()
             self._building_in = None
         if state is None:
             return
@@ -138,3 +170,20 @@ class BindingHashCache:
             len(entries),
             time.monotonic() - started,
         )
+
+    def _sync_counters(self, seq: int) -> None:
+        """Fetch the shared counters; if they are behind the log (a log
+        written before their file existed), store the log's last row there,
+        under the write lock as the log's writers do."""
+        counters = self._db.change_counters
+        if counters is None or counters.read(BINDINGS) == seq:
+            self._counters = counters
+            return
+        try:
+            with self._db.write() as cur:
+                counters.publish(BINDINGS, self._storage.last_change(cur))
+        except sqlite3.Error as exc:
+            # Lookups read the log each time instead.
+            logger.warning("change counters not updated: %s", exc)
+            return
+        self._counters = counters

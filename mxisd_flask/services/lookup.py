@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
+from mxisd_flask.crypto.hashing import lookup_hash
 from mxisd_flask.errors import StoreError
 from mxisd_flask.services.binding_cache import BindingHashCache
 from mxisd_flask.services.hash_index import HashIndex
@@ -31,6 +32,15 @@ class LocalBindingProvider(IdentityStore):
         )
 
     def lookup(self, medium: str, address: str) -> str | None:
+        # The in-memory table, once this process has one, answers without
+        # asking SQLite (bench/RESULTS.md: v1 lookup).
+        cache = self.cache
+        pepper = None if cache is None else cache.pepper
+        if cache is not None and pepper is not None:
+            hashed = lookup_hash(address, medium, pepper)
+            found = cache.lookup([hashed], pepper)
+            if found is not None:
+                return found.get(hashed)
         with self._db.read() as cur:
             return self._storage.get(cur, medium, address)
 

@@ -6,6 +6,7 @@ import json
 import sqlite3
 from collections.abc import Callable, Sequence
 
+from mxisd_flask.storage.counter import BINDINGS
 from mxisd_flask.storage.db import Cursor
 
 # The change log keeps this many rows: a process further behind rebuilds its
@@ -147,7 +148,13 @@ def _log_change(cur: Cursor, lookup_hash: str, mxid: str | None) -> None:
         (lookup_hash, mxid),
     )
     seq = cur.lastrowid
-    if seq is not None and seq % PRUNE_EVERY == 0:
+    if seq is None:
+        return
+    # Before the commit, under SQLite's write lock (storage/counter.py).
+    counters = getattr(cur.connection, "change_counters", None)
+    if counters is not None:
+        counters.publish(BINDINGS, seq)
+    if seq % PRUNE_EVERY == 0:
         # The newest row always stays, so SQLite never hands out its seq
         # again (a rowid is the largest one plus one).
         cur.execute("DELETE FROM binding_changes WHERE seq <= ?", (seq - KEEP_CHANGES,))

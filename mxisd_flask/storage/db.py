@@ -20,6 +20,7 @@ import psycopg2
 
 from mxisd_flask.config.sections import StorageConfig
 from mxisd_flask.errors import ConfigError
+from mxisd_flask.storage.counter import ChangeCounters
 
 logger = logging.getLogger(__name__)
 
@@ -138,12 +139,23 @@ class _PgCursor:
         return int(self._cursor.rowcount)
 
 
+class _SqliteConnection(sqlite3.Connection):
+    """A connection that knows the change counters beside its database, where
+    the binding change log's writers store each row's number
+    (storage/bindings.py)."""
+
+    change_counters: ChangeCounters | None = None
+
+
 class Database:
     """Thread-local connections and one transaction per unit of work."""
 
     def __init__(self, config: StorageConfig) -> None:
         self._config = config
         self._local = threading.local()
+        self._counters: ChangeCounters | None = None
+        self._counters_lock = threading.Lock()
+        self._counters_opened = False
 
     @property
     def backend(self) -> str:
@@ -151,12 +163,14 @@ class Database:
 
     def _connect(self) -> Any:
         if self._config.backend == "sqlite":
-            directory = os.path.dirname(self._config.sqlite_database)
-            if directory:
-                os.makedirs(directory, exist_ok=True)
+            self._make_directory()
             conn = sqlite3.connect(
-                self._config.sqlite_database, timeout=30, isolation_level=None
+                self._config.sqlite_database,
+                timeout=30,
+                isolation_level=None,
+                factory=_SqliteConnection,
             )
+            conn.change_counters = self.change_counters
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             # Hashed lookups walk the bindings index at random; let the OS page
@@ -172,6 +186,24 @@ class Database:
             password=self._config.pg_password or None,
             connect_timeout=10,
         )
+
+    @property
+    def change_counters(self) -> ChangeCounters | None:
+        """The counters shared by every process using this SQLite file
+        (storage/counter.py); None on PostgreSQL, or if they cannot be opened."""
+        with self._counters_lock:
+            if not self._counters_opened:
+                self._counters_opened = True
+                path = self._config.sqlite_database
+                if self.backend == "sqlite" and path != ":memory:":
+                    self._make_directory()
+                    self._counters = ChangeCounters.open(path)
+            return self._counters
+
+    def _make_directory(self) -> None:
+        directory = os.path.dirname(self._config.sqlite_database)
+        if directory:
+            os.makedirs(directory, exist_ok=True)
 
     def _connection(self) -> Any:
         conn = getattr(self._local, "conn", None)
