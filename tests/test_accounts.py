@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import pytest
 from fixtures_homeserver import FakeHomeserver, federation_to
+from flask import Flask
 from flask.testing import FlaskClient
 
 from conftest import (
@@ -12,8 +13,10 @@ from conftest import (
     bearer,
     homeserver_config,
     register,
+    trace_statements,
 )
 from mxisd_flask.app import create_app
+from mxisd_flask.config import Config
 from mxisd_flask.errors import FetcherError
 from mxisd_flask.outbound import OutboundClient
 
@@ -80,6 +83,33 @@ def test_logout_ends_the_token(client: FlaskClient, homeserver: Homeserver) -> N
     assert after.status_code == 401
     assert again.status_code == 401
     assert again.get_json()["errcode"] == "M_UNKNOWN_TOKEN"
+
+
+def test_a_token_logged_out_in_one_worker_is_refused_at_once_by_another(
+    config: Config, two_workers: tuple[Flask, Flask], homeserver: Homeserver
+) -> None:
+    """Each worker remembers the tokens it has found (SQLite only); a logout
+    anywhere makes every worker forget them before the logout answers."""
+    first, second = two_workers
+    token = register(first.test_client(), homeserver, "@dave:example.org")
+    other = register(first.test_client(), homeserver, "@erin:example.org")
+    reader = second.test_client()
+    db = second.extensions["mxisd"].db
+    statements = trace_statements(db)
+    for _ in range(3):
+        assert reader.get(f"{V2}/account", headers=bearer(token)).status_code == 200
+    asked = [s for s in statements if "FROM accounts" in s]
+
+    logout = first.test_client().post(f"{V2}/account/logout", headers=bearer(token))
+    after = reader.get(f"{V2}/account", headers=bearer(token))
+    still = reader.get(f"{V2}/account", headers=bearer(other))
+
+    assert logout.status_code == 200
+    assert after.status_code == 401
+    assert after.get_json()["errcode"] == "M_UNAUTHORIZED"
+    assert still.get_json() == {"user_id": "@erin:example.org"}
+    if config.storage.backend == "sqlite":
+        assert len(asked) == 1  # the first request only
 
 
 def test_outbound_client_refuses_internal_targets_unless_allowed() -> None:

@@ -18,9 +18,14 @@ from mxisd_flask.model import check_server_name
 from mxisd_flask.outbound import OutboundClient
 from mxisd_flask.services.clock import Clock
 from mxisd_flask.storage.accounts import AccountStorage
+from mxisd_flask.storage.counter import ACCOUNTS
 from mxisd_flask.storage.db import Database
 
 logger = logging.getLogger(__name__)
+
+# Tokens a process remembers having found (SQLite only); all are forgotten
+# at any logout, and when this many are remembered.
+REMEMBERED_TOKENS = 10_000
 
 
 class AccountService:
@@ -36,6 +41,8 @@ class AccountService:
         self._overrides = federation_overrides
         self._clock = clock
         self._storage = AccountStorage()
+        # token -> (user_id, the logout count it was found at)
+        self._remembered: dict[str, tuple[str, int]] = {}
 
     def register(self, openid_token: str, server_name: str) -> str:
         """Check an OpenID token with its homeserver; returns our access token."""
@@ -60,12 +67,26 @@ class AccountService:
         return token
 
     def user_for_token(self, token: str | None) -> str:
+        """The token's owner. A token found before is not asked of SQLite
+        again until some process logs a token out (storage/counter.py)."""
         if not token:
             raise Unauthorized("Unrecognised access token")
+        counters = self._db.change_counters
+        logouts = None if counters is None else counters.read(ACCOUNTS)
+        remembered = self._remembered.get(token)
+        if remembered is not None and remembered[1] == logouts:
+            return remembered[0]
         with self._db.read() as cur:
             user_id = self._storage.user_for_token(cur, token)
         if user_id is None:
             raise Unauthorized("Unrecognised access token")
+        # Found before any logout counted since the count was read: a
+        # logout that counts later makes the entry stale.
+        if logouts is not None and counters is not None:
+            if counters.read(ACCOUNTS) == logouts:
+                if len(self._remembered) >= REMEMBERED_TOKENS:
+                    self._remembered.clear()
+                self._remembered[token] = (user_id, logouts)
         return user_id
 
     def logout(self, token: str | None) -> None:
@@ -73,6 +94,10 @@ class AccountService:
             if not token or self._storage.user_for_token(cur, token) is None:
                 raise UnknownToken("Unrecognised access token")
             self._storage.delete_token(cur, token)
+        # After the commit: every process forgets the tokens it remembers.
+        counters = self._db.change_counters
+        if counters is not None:
+            counters.increment(ACCOUNTS)
 
 
 class TermsService:
