@@ -6,7 +6,7 @@ the server with ``mxisd run`` on a loopback port, and drives it with wrk
 per endpoint. Prints requests/s, p50, p99 and the server's RSS.
 
     python bench/lookup_bench.py [--bindings 100000] [--seconds 10]
-        [--workers 2] [--threads 4] [--worker-class gthread]
+        [--workers 2] [--threads 4] [--worker-class gthread] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -215,6 +216,12 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=4)
     parser.add_argument("--worker-class", default="gthread")
     parser.add_argument("--only", nargs="*", help="run only these endpoints")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run the endpoints in turn this many times; report each one's median",
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         print("bench: needs wrk (apt-get install wrk)", file=sys.stderr)
@@ -258,34 +265,69 @@ def main() -> int:
                 scripts["v2_lookup_1000"],
             ),
         ]
-        results: dict[str, dict[str, float]] = {}
+        runs: dict[str, list[dict[str, float]]] = {}
+        ratios: list[float] = []
         print("load average before:", _load())
-        for name, url, script in cases:
-            if args.only and name not in args.only:
-                continue
-            cpu = server_cpu_s(server.pid)
-            r = results[name] = run_wrk(url, args.seconds, script)
-            # The server's own CPU per answer: how much of the two cores each
-            # request costs, whatever else runs on them meanwhile.
-            r["server_cpu_us"] = (server_cpu_s(server.pid) - cpu) / r["requests"] * 1e6
-            r["rss_mb"] = rss_mb(server.pid)
-            r["anon_mb"] = anon_mb(server.pid)
-            print(
-                f"{name:16} {r['rps']:9.0f} req/s  p50 {r['p50_ms']:7.2f} ms  "
-                f"p99 {r['p99_ms']:7.2f} ms  cpu {r['server_cpu_us']:6.0f} us  "
-                f"rss {r['rss_mb']:6.0f} MiB (anon {r['anon_mb']:4.0f})  "
-                f"non-2xx {r['errors']:.0f}"
-            )
+        for _ in range(args.rounds):
+            for name, url, script in cases:
+                if args.only and name not in args.only:
+                    continue
+                runs.setdefault(name, []).append(measure(server.pid, url, script, args))
+                print_run(name, runs[name][-1])
+            if "v2_lookup_1" in runs and "status" in runs:
+                # Adjacent runs saw the same load: their ratio is the fair one.
+                ratios.append(
+                    runs["v2_lookup_1"][-1]["rps"] / runs["status"][-1]["rps"]
+                )
         print("load average after:", _load())
-        if "v2_lookup_1" in results and "status" in results:
-            ratio = results["v2_lookup_1"]["rps"] / results["status"]["rps"]
-            print(f"v2 lookup of 1 hash / status: {ratio:.0%}")
+        results = {name: median_run(r) for name, r in runs.items()}
+        if args.rounds > 1:
+            print(f"medians of {args.rounds} rounds:")
+            for name, r in results.items():
+                print_run(name, r)
+        if ratios:
+            ratio = statistics.median(ratios)
+            print(
+                f"v2 lookup of 1 hash / status: {ratio:.0%}"
+                + (
+                    f" (rounds: {', '.join(f'{x:.0%}' for x in ratios)})"
+                    if len(ratios) > 1
+                    else ""
+                )
+            )
         print(json.dumps({"bindings": args.bindings, **results}))
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=30)
         shutil.rmtree(directory, ignore_errors=True)
     return 0
+
+
+def measure(
+    pid: int, url: str, script: Path | None, args: argparse.Namespace
+) -> dict[str, float]:
+    cpu = server_cpu_s(pid)
+    r = run_wrk(url, args.seconds, script)
+    # The server's own CPU per answer: how much of the two cores each
+    # request costs, whatever else runs on them meanwhile.
+    r["server_cpu_us"] = (server_cpu_s(pid) - cpu) / r["requests"] * 1e6
+    r["rss_mb"] = rss_mb(pid)
+    r["anon_mb"] = anon_mb(pid)
+    return r
+
+
+def median_run(runs: list[dict[str, float]]) -> dict[str, float]:
+    """Each figure's median over the runs of one endpoint."""
+    return {key: statistics.median(r[key] for r in runs) for key in runs[0]}
+
+
+def print_run(name: str, r: dict[str, float]) -> None:
+    print(
+        f"{name:16} {r['rps']:9.0f} req/s  p50 {r['p50_ms']:7.2f} ms  "
+        f"p99 {r['p99_ms']:7.2f} ms  cpu {r['server_cpu_us']:6.0f} us  "
+        f"rss {r['rss_mb']:6.0f} MiB (anon {r['anon_mb']:4.0f})  "
+        f"non-2xx {r['errors']:.0f}"
+    )
 
 
 def _load() -> str:
