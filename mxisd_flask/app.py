@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from flask import Flask, Response, jsonify, request
 
 from mxisd_flask.config.sections import Config
+from mxisd_flask.http import CORS_HEADERS
 from mxisd_flask.http import auth as internal_auth
 from mxisd_flask.http import client as client_api
 from mxisd_flask.http.errors import register_error_handlers
@@ -22,14 +23,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-CORS_HEADERS = [
-    ("Access-Control-Allow-Origin", "*"),
-    ("Access-Control-Allow-Methods", "GET, POST, PUT, DELETE, OPTIONS"),
-    (
-        "Access-Control-Allow-Headers",
-        "Origin, X-Requested-With, Content-Type, Accept, Authorization",
-    ),
-]
 MAX_BODY_BYTES = 1 << 20
 
 

@@ -19,6 +19,7 @@ from gunicorn.workers.gthread import ThreadWorker
 from gunicorn.workers.sync import SyncWorker
 
 from mxisd_flask.errors import Errcode
+from mxisd_flask.http import CORS_HEADERS
 
 logger = logging.getLogger(__name__)
 
@@ -53,10 +54,12 @@ def error_answer(exc: BaseException) -> bytes | None:
     )
     message = "Malformed request" if status == 400 else reason
     body = json.dumps({"errcode": errcode.value, "error": message}).encode()
+    cors = "".join(f"{name}: {value}\r\n" for name, value in CORS_HEADERS)
     head = (
         f"HTTP/1.1 {status} {reason}\r\n"
         "Connection: close\r\n"
         "Content-Type: application/json\r\n"
+        f"{cors}"
         f"Content-Length: {len(body)}\r\n\r\n"
     )
     return head.encode("ascii") + body

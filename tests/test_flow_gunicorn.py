@@ -272,6 +272,7 @@ def test_requests_gunicorn_cannot_parse_get_json_and_leave_no_secret_in_the_log(
 
     assert code == status
     assert b"Content-Type: application/json" in head
+    assert b"\r\nAccess-Control-Allow-Origin: *\r\n" in head
     assert set(body) == {"errcode", "error"}
     server.stop()
     assert "invalid request" in server.output()
