@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import os
+
 import pytest
 from fixtures_homeserver import FakeHomeserver, federation_to
 from flask import Flask
@@ -19,6 +21,7 @@ from mxisd_flask.app import create_app
 from mxisd_flask.config import Config
 from mxisd_flask.errors import FetcherError
 from mxisd_flask.outbound import OutboundClient
+from mxisd_flask.storage.counter import SUFFIX
 
 USERINFO = "/_matrix/federation/v1/openid/userinfo"
 TERMS = {
@@ -207,3 +210,45 @@ def test_register_survives_a_homeserver_answer_nested_too_deep(
     assert response.status_code == 401
     assert response.get_json()["errcode"] == "M_UNAUTHORIZED"
     app.extensions["mxisd"].db.close()
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_a_logout_through_a_worker_started_after_the_seq_file_went_counts_everywhere(
+    config: Config,
+    clock: FakeClock,
+    two_workers: tuple[Flask, Flask],
+    homeserver: Homeserver,
+) -> None:
+    """An operator deletes or replaces mxisd.db.seq while the server runs;
+    gunicorn then starts a worker that maps a new file (storage/counter.py)."""
+    first, second = two_workers
+    token = register(first.test_client(), homeserver, "@dave:example.org")
+    reader = second.test_client()
+    assert reader.get(f"{V2}/account", headers=bearer(token)).status_code == 200
+    os.unlink(config.storage.sqlite_database + SUFFIX)
+    newcomer = create_app(config, clock=clock)
+
+    logout = newcomer.test_client().post(f"{V2}/account/logout", headers=bearer(token))
+    after = reader.get(f"{V2}/account", headers=bearer(token))
+    newcomer.extensions["mxisd"].db.close()
+
+    assert logout.status_code == 200
+    assert after.status_code == 401
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_a_logout_after_the_seq_file_went_answers_and_counts(
+    config: Config, two_workers: tuple[Flask, Flask], homeserver: Homeserver
+) -> None:
+    first, second = two_workers
+    token = register(first.test_client(), homeserver, "@dave:example.org")
+    reader = second.test_client()
+    assert reader.get(f"{V2}/account", headers=bearer(token)).status_code == 200
+    os.unlink(config.storage.sqlite_database + SUFFIX)
+
+    logout = first.test_client().post(f"{V2}/account/logout", headers=bearer(token))
+    after = reader.get(f"{V2}/account", headers=bearer(token))
+
+    assert logout.status_code == 200
+    assert logout.get_json() == {}
+    assert after.status_code == 401

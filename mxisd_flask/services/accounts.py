@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import time
 import urllib.parse
 from typing import Any
 
@@ -18,13 +19,14 @@ from mxisd_flask.model import check_server_name
 from mxisd_flask.outbound import OutboundClient
 from mxisd_flask.services.clock import Clock
 from mxisd_flask.storage.accounts import AccountStorage
-from mxisd_flask.storage.counter import ACCOUNTS
+from mxisd_flask.storage.counter import ACCOUNTS, TRUST_SECONDS, Stamp
 from mxisd_flask.storage.db import Database
 
 logger = logging.getLogger(__name__)
 
 # Tokens a process remembers having found (SQLite only); all are forgotten
-# at any logout, and when this many are remembered.
+# at any logout, and when this many are remembered; each for TRUST_SECONDS
+# at most.
 REMEMBERED_TOKENS = 10_000
 
 
@@ -41,8 +43,8 @@ class AccountService:
         self._overrides = federation_overrides
         self._clock = clock
         self._storage = AccountStorage()
-        # token -> (user_id, the logout count it was found at)
-        self._remembered: dict[str, tuple[str, int]] = {}
+        # token -> (user_id, the logout count it was found at, when)
+        self._remembered: dict[str, tuple[str, Stamp, float]] = {}
 
     def register(self, openid_token: str, server_name: str) -> str:
         """Check an OpenID token with its homeserver; returns our access token."""
@@ -74,8 +76,13 @@ class AccountService:
         counters = self._db.change_counters
         logouts = None if counters is None else counters.read(ACCOUNTS)
         remembered = self._remembered.get(token)
-        if remembered is not None and remembered[1] == logouts:
+        if (
+            remembered is not None
+            and remembered[1] == logouts
+            and time.monotonic() - remembered[2] < TRUST_SECONDS
+        ):
             return remembered[0]
+        found_at = time.monotonic()
         with self._db.read() as cur:
             user_id = self._storage.user_for_token(cur, token)
         if user_id is None:
@@ -86,7 +93,7 @@ class AccountService:
             if counters.read(ACCOUNTS) == logouts:
                 if len(self._remembered) >= REMEMBERED_TOKENS:
                     self._remembered.clear()
-                self._remembered[token] = (user_id, logouts)
+                self._remembered[token] = (user_id, logouts, found_at)
         return user_id
 
     def logout(self, token: str | None) -> None:

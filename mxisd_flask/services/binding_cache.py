@@ -30,15 +30,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from mxisd_flask.storage.bindings import ALL_CHANGED, BindingStorage, HashStateStorage
-from mxisd_flask.storage.counter import BINDINGS, ChangeCounters
+from mxisd_flask.storage.counter import (
+    BINDINGS,
+    TRUST_SECONDS,
+    ChangeCounters,
+    Stamp,
+)
 from mxisd_flask.storage.db import Database
 
 logger = logging.getLogger(__name__)
-
-# The change log is read at least this often even while the shared counters
-# say nothing changed: should its file be deleted or replaced under running
-# processes, they part ways for at most this long.
-RECHECK_SECONDS = 1.0
 
 
 @dataclass
@@ -58,6 +58,7 @@ class BindingHashCache:
         self._building_in: int | None = None  # pid of the process building
         self._counters: ChangeCounters | None = None
         self._checked = 0.0  # time.monotonic() of the last read of the log
+        self._generation: int | None = None  # the counters' mapping it followed
 
     def lookup(self, hashes: Sequence[str], pepper: str) -> dict[str, str] | None:
         """mxids for those of ``hashes`` that are bound, or None when this
@@ -84,9 +85,13 @@ class BindingHashCache:
         if snapshot is None or snapshot.pepper != pepper:
             self._start_build()
             return None
-        if self._unchanged_since(snapshot):
+        counters = self._counters
+        stamp = None if counters is None else counters.read(BINDINGS)
+        if self._unchanged_since(snapshot, stamp):
             return snapshot
+        # Read before the log: a later change of the mapping reads it again.
         self._checked = time.monotonic()
+        self._generation = None if stamp is None else stamp[0]
         with self._db.read() as cur:
             changes = self._storage.changes_since(cur, snapshot.seq)
         if not changes:
@@ -97,14 +102,14 @@ class BindingHashCache:
             self._start_build()
         return snapshot
 
-    def _unchanged_since(self, snapshot: _Snapshot) -> bool:
-        """Whether the shared counters still hold the snapshot's last change,
-        so the log has nothing newer, and the log was read under a second ago."""
-        counters = self._counters
+    def _unchanged_since(self, snapshot: _Snapshot, stamp: Stamp | None) -> bool:
+        """Whether the shared counters, in the mapping this process followed
+        at its last read of the log, still hold the snapshot's last change,
+        so the log has nothing newer, and that read was under a second ago."""
         return (
-            counters is not None
-            and counters.read(BINDINGS) == snapshot.seq
-            and time.monotonic() - self._checked < RECHECK_SECONDS
+            stamp is not None
+            and stamp == (self._generation, snapshot.seq)
+            and time.monotonic() - self._checked < TRUST_SECONDS
         )
 
     def _apply(self, pepper: str) -> _Snapshot | None:
@@ -156,12 +161,12 @@ class BindingHashCache:
             # Lookups go on asking storage; the next one tries again.
             logger.warning("binding cache build failed: %s", exc)
             state = None
-        if state is not None:
-            self._sync_counters(seq)
+        generation = None if state is None else self._sync_counters(seq)
         with self._lock:
             if state is not None:
                 self._snapshot = _Snapshot(state[0], seq, entries)
                 self._checked = time.monotonic()
+                self._generation = generation
             self._building_in = None
         if state is None:
             return
@@ -171,19 +176,24 @@ class BindingHashCache:
             time.monotonic() - started,
         )
 
-    def _sync_counters(self, seq: int) -> None:
+    def _sync_counters(self, seq: int) -> int | None:
         """Fetch the shared counters; if they are behind the log (a log
         written before their file existed), store the log's last row there,
-        under the write lock as the log's writers do."""
+        under the write lock as the log's writers do. Returns the mapping
+        the table follows from now on (None: lookups read the log)."""
         counters = self._db.change_counters
-        if counters is None or counters.read(BINDINGS) == seq:
-            self._counters = counters
-            return
+        self._counters = counters
+        if counters is None:
+            return None
+        stamp = counters.read(BINDINGS)
+        if stamp is not None and stamp[1] == seq:
+            return stamp[0]
         try:
             with self._db.write() as cur:
                 counters.publish(BINDINGS, self._storage.last_change(cur))
+                stamp = counters.read(BINDINGS)
         except sqlite3.Error as exc:
             # Lookups read the log each time instead.
             logger.warning("change counters not updated: %s", exc)
-            return
-        self._counters = counters
+            return None
+        return None if stamp is None else stamp[0]

@@ -190,7 +190,7 @@ class Database:
     @property
     def change_counters(self) -> ChangeCounters | None:
         """The counters shared by every process using this SQLite file
-        (storage/counter.py); None on PostgreSQL, or if they cannot be opened."""
+        (storage/counter.py); None on PostgreSQL and for ":memory:"."""
         with self._counters_lock:
             if not self._counters_opened:
                 self._counters_opened = True
