@@ -72,6 +72,14 @@ def test_defaults_follow_the_documented_values() -> None:
         (with_changes(hashing={"algorithms": ["md5"]}), "hashing.algorithms"),
         (with_changes(storage={"backend": "oracle"}), "storage.backend"),
         (
+            with_changes(
+                storage={
+                    "provider": {"sqlite": {"database": "/d", "bindingsInMemory": 0}}
+                }
+            ),
+            "storage.provider.sqlite.bindingsInMemory",
+        ),
+        (
             with_changes(memory={"identities": [{"password": "x"}]}),
             "memory.identities[0].username",
         ),
@@ -156,6 +164,26 @@ def test_check_config_exits_1_naming_the_key(tmp_path: Path) -> None:
     assert "server.port" in bad.stderr
     assert "Traceback" not in bad.stderr
     assert good.returncode == 0
+
+
+def test_run_stops_at_a_wrong_type_with_one_line_naming_the_key(
+    tmp_path: Path,
+) -> None:
+    sqlite = {"database": str(tmp_path / "db"), "bindingsInMemory": "off"}
+    raw = with_changes(
+        key={"path": str(tmp_path / "k")}, storage={"provider": {"sqlite": sqlite}}
+    )
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(raw))
+
+    refused = run_cli("run", "--config", str(path))
+
+    assert refused.returncode == 1
+    assert refused.stderr.splitlines() == [
+        "mxisd: configuration error: storage.provider.sqlite.bindingsInMemory: "
+        "expected bool, got str"
+    ]
+    assert not (tmp_path / "db").exists()
 
 
 def test_keys_show_prints_the_public_key(tmp_path: Path) -> None:

@@ -31,6 +31,7 @@ SCHEMA: dict[str, tuple[tuple[type, ...], Any]] = {
     "key.path": ((str,), REQUIRED),
     "storage.backend": ((str,), "sqlite"),
     "storage.provider.sqlite.database": ((str,), None),
+    "storage.provider.sqlite.bindingsInMemory": ((bool,), True),
     "storage.provider.postgresql.host": ((str,), "127.0.0.1"),
     "storage.provider.postgresql.port": ((int,), 5432),
     "storage.provider.postgresql.database": ((str,), "mxisd"),

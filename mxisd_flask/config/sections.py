@@ -44,6 +44,8 @@ class ServerConfig:
 class StorageConfig:
     backend: str
     sqlite_database: str
+    # Each worker keeps our bindings' lookup hashes in memory (SQLite only).
+    sqlite_bindings_in_memory: bool
     pg_host: str
     pg_port: int
     pg_database: str
@@ -208,6 +210,7 @@ def _storage(v: dict[str, Any], base_dir: str) -> StorageConfig:
     return StorageConfig(
         backend=backend,
         sqlite_database=_path(database, base_dir) if database else "",
+        sqlite_bindings_in_memory=v["storage.provider.sqlite.bindingsInMemory"],
         pg_host=v["storage.provider.postgresql.host"],
         pg_port=v["storage.provider.postgresql.port"],
         pg_database=v["storage.provider.postgresql.database"],

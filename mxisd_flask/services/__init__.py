@@ -99,7 +99,8 @@ def build_services(
         ca_file=_ca_file(config),
     )
     remote = RemoteLookup(recursion, outbound, via=config.server.name)
-    chain = LookupChain(LocalBindingProvider(db), stores, index, remote)
+    bindings = LocalBindingProvider(db, config.storage.sqlite_bindings_in_memory)
+    chain = LookupChain(bindings, stores, index, remote)
     onbind = OnbindService(
         db,
         # invite.resolution.recursive picks one: with the remotes, or local

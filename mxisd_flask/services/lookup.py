@@ -24,11 +24,15 @@ class LocalBindingProvider(IdentityStore):
     name = "bindings"
     capabilities = frozenset({Capability.LOOKUP})
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, in_memory: bool) -> None:
+        """``in_memory``: keep the hashes in this process's table (SQLite
+        only; storage.provider.sqlite.bindingsInMemory)."""
         self._db = db
         self._storage = BindingStorage()
         self.cache = (
-            BindingHashCache(db, self._storage) if db.backend == "sqlite" else None
+            BindingHashCache(db, self._storage)
+            if in_memory and db.backend == "sqlite"
+            else None
         )
 
     def lookup(self, medium: str, address: str) -> str | None:
