@@ -35,7 +35,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from lookup_bench import TOKEN, preload, v2_body, write_config  # noqa: E402
+from lookup_bench import (  # noqa: E402
+    TOKEN,
+    add_memory_switch,
+    preload,
+    v2_body,
+    write_config,
+)
 from werkzeug.test import EnvironBuilder  # noqa: E402
 
 from mxisd_flask.app import create_app  # noqa: E402
@@ -168,6 +174,7 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3, help="best of this many")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--profile", help="cProfile this case instead")
+    add_memory_switch(parser)
     parser.add_argument(
         "--sort", default="tottime", help="cProfile order (tottime, cumtime)"
     )
@@ -176,7 +183,12 @@ def main() -> int:
     directory = Path(tempfile.mkdtemp(prefix="mxisd-inproc-"))
     try:
         # Same config as the wrk benchmark; the port is never opened.
-        server = argparse.Namespace(workers=1, threads=1, worker_class="gthread")
+        server = argparse.Namespace(
+            workers=1,
+            threads=1,
+            worker_class="gthread",
+            bindings_in_memory=args.bindings_in_memory,
+        )
         config_path = write_config(directory, 8090, server)
         pepper = preload(config_path, args.bindings)
         app = create_app(load_config(str(config_path))).wsgi_app

@@ -53,6 +53,15 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def add_memory_switch(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--no-bindings-in-memory",
+        dest="bindings_in_memory",
+        action="store_false",
+        help="storage.provider.sqlite.bindingsInMemory: false",
+    )
+
+
 def write_config(directory: Path, port: int, args: argparse.Namespace) -> Path:
     raw = {
         "matrix": {"domain": "bench.example"},
@@ -64,7 +73,14 @@ def write_config(directory: Path, port: int, args: argparse.Namespace) -> Path:
             "workerClass": args.worker_class,
         },
         "key": {"path": str(directory / "signing.key")},
-        "storage": {"provider": {"sqlite": {"database": str(directory / "db")}}},
+        "storage": {
+            "provider": {
+                "sqlite": {
+                    "database": str(directory / "db"),
+                    "bindingsInMemory": args.bindings_in_memory,
+                }
+            }
+        },
         "logging": {"level": "WARNING"},
     }
     path = directory / "mxisd.yaml"
@@ -222,6 +238,7 @@ def main() -> int:
         default=1,
         help="run the endpoints in turn this many times; report each one's median",
     )
+    add_memory_switch(parser)
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         print("bench: needs wrk (apt-get install wrk)", file=sys.stderr)
