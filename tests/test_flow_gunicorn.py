@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -22,8 +24,19 @@ import signedjson.sign
 import yaml
 from unpaddedbase64 import decode_base64
 
-from conftest import Homeserver, Mailbox, free_port, homeserver_config, text_of
+from conftest import (
+    Homeserver,
+    Mailbox,
+    bearer,
+    free_port,
+    homeserver_config,
+    text_of,
+)
+from mxisd_flask.config import load_config
 from mxisd_flask.crypto.hashing import lookup_hash
+from mxisd_flask.storage.bindings import BindingStorage, HashStateStorage
+from mxisd_flask.storage.counter import SUFFIX
+from mxisd_flask.storage.db import Database
 from mxisd_flask.workers import (
     JsonErrorsSyncWorker,
     JsonErrorsThreadWorker,
@@ -336,3 +349,107 @@ def test_gunicorn_loads_our_worker_for_each_worker_class(
     config.set("threads", threads)
 
     assert config.worker_class is expected
+
+
+def test_workers_answer_what_was_committed_before_each_request(
+    server: Server, homeserver: Homeserver
+) -> None:
+    """Each worker answers lookups from its table in memory and remembers
+    tokens (SQLite): binds and unbinds by another process, and a logout
+    through any worker, show at the very next request to any worker, also
+    while the shared counters' file is replaced or truncated under them."""
+    db = Database(load_config(str(server.config)).storage)
+    with db.read() as cur:
+        state = HashStateStorage().get(cur)
+    assert state is not None
+    pepper = state[0]
+    v2 = f"{server.url}/_matrix/identity/v2"
+    tokens = [
+        requests.post(
+            f"{v2}/account/register",
+            json={"access_token": openid, "matrix_server_name": "example.org"},
+        ).json()["token"]
+        for openid in (uuid.uuid4().hex for _ in range(3))
+        if homeserver.tokens.setdefault(openid, "@u:example.org")
+    ]
+    address, mxid = "hammer@example.org", "@h:example.org"
+    hashed = lookup_hash(address, "email", pepper)
+    seq_file = db._config.sqlite_database + SUFFIX
+    committed = [0, False]  # commits so far, and whether the last one bound
+    committing = threading.Lock()  # held from before a commit to its record
+    stop = threading.Event()
+    wrong: list[str] = []
+    checked = [0]  # lookups no commit overlapped
+
+    def write() -> None:
+        storage = BindingStorage()
+        writer = Database(db._config)
+        while not stop.is_set():
+            with committing:
+                with writer.write() as cur:
+                    if committed[1]:
+                        storage.delete(cur, "email", address, mxid)
+                    else:
+                        storage.upsert(cur, "email", address, mxid, hashed, 1)
+                committed[:] = [committed[0] + 1, not committed[1]]
+            if committed[0] % 8 == 0:  # the operator, now and then
+                shutil.copyfile(seq_file, seq_file + ".copy")
+                os.replace(seq_file + ".copy", seq_file)
+                writer.close()  # and a process started after that
+                writer = Database(db._config)
+            elif committed[0] % 8 == 4:
+                open(seq_file, "wb").close()
+            time.sleep(0.02)  # a few lookups between two commits
+        writer.close()
+
+    def ask(version: str) -> str | None:
+        with requests.Session() as http:  # a new connection: any worker
+            if version == "v1":
+                query = {"medium": "email", "address": address}
+                answer = http.get(
+                    f"{server.url}/_matrix/identity/api/v1/lookup", params=query
+                )
+                mxid: str | None = answer.json().get("mxid")
+                return mxid
+            body = {"algorithm": "sha256", "pepper": pepper, "addresses": [hashed]}
+            answer = http.post(f"{v2}/lookup", headers=bearer(tokens[0]), json=body)
+            mxid = answer.json()["mappings"].get(hashed)
+            return mxid
+
+    def look(version: str) -> None:
+        while not stop.is_set():
+            with committing:
+                before = list(committed)
+            got = ask(version)
+            with committing:
+                unchanged = committed == before
+            checked[0] += unchanged
+            if unchanged and (got == mxid) != before[1]:
+                wrong.append(f"{version} after {before[0]} commits: {got}")
+
+    def status(token: str) -> int:
+        with requests.Session() as http:
+            return http.get(f"{v2}/account", headers=bearer(token)).status_code
+
+    threads = [threading.Thread(target=write)] + [
+        threading.Thread(target=look, args=(v,)) for v in ("v1", "v2", "v1", "v2")
+    ]
+    for thread in threads:
+        thread.start()
+    try:
+        for token in tokens[1:]:
+            assert [status(token) for _ in range(6)] == [200] * 6  # both workers
+            with requests.Session() as http:
+                logout = http.post(f"{v2}/account/logout", headers=bearer(token))
+            assert logout.status_code == 200
+            assert [status(token) for _ in range(6)] == [401] * 6
+        time.sleep(1.5)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+        db.close()
+    assert committed[0] > 40
+    assert checked[0] > 100
+    assert wrong == []
+    assert "Traceback" not in server.output()

@@ -8,7 +8,7 @@ and unbind also appends its hash and new mxid (none for an unbind) to the
 applies the log's rows after the last one this process has seen, so a
 lookup never misses a binding committed before it started, whichever
 worker committed it. The log's writers also store its newest row's number
-in a file every process maps (storage/counter.py): while that number is
+in a file every process reads (storage/counter.py): while that number is
 the last one this process applied, a lookup asks SQLite nothing. A new
 pepper, or a gap in the log (old rows are pruned), starts a rebuild from
 the table in a background thread; lookups ask SQLite meanwhile.

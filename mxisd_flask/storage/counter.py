@@ -7,9 +7,8 @@ anything changed on every request costs more than the request itself under
 gunicorn's threads: Python's sqlite3 lets go of the GIL around each step,
 and taking it back from the other threads is what costs (bench/RESULTS.md).
 So whoever changes those tables also changes a number in a small file
-beside the database, which every process maps into memory; a request reads
-eight bytes there and asks SQLite only when they differ from what its
-process last saw.
+beside the database; a request reads sixteen bytes there and asks SQLite
+only when they differ from what its process last saw.
 
 BINDINGS holds the number of the binding change log's newest row. A writer
 stores it inside its write transaction, before the commit, while SQLite's
@@ -26,11 +25,13 @@ process remembers from before is forgotten once the logout has answered.
 
 The file is the operator's to delete, replace or truncate, running or not.
 Each read first asks the kernel whether the file at the path is still the
-one mapped here, and at full size: touching a mapped page past the end of
-its file kills the process (SIGBUS). If it is not, the file at the path is
-mapped instead (a new one made if it is missing or short), and what was
-read before counts for nothing: each read names the mapping it came from.
-A process that cannot map the file removes it when it writes the log or
+one this process has open; if not, it opens the file at the path instead
+(a new one made if it is missing or short), and what was read before
+counts for nothing: each read names the opening it came from. The numbers
+are read and written with pread and pwrite, not through a shared mapping:
+a mapped page past the end of a truncated file kills the process (SIGBUS)
+when touched, and the file may shrink between the check and the read. A
+process that cannot open the file removes it when it writes the log or
 logs out, so that the others stop trusting it. Numbers read are trusted
 for TRUST_SECONDS at most, whatever the file says.
 """
@@ -40,12 +41,11 @@ from __future__ import annotations
 import errno
 import fcntl
 import logging
-import mmap
 import os
+import struct
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
 
 logger = logging.getLogger(__name__)
 
@@ -53,64 +53,87 @@ SUFFIX = ".seq"
 BINDINGS = 0
 ACCOUNTS = 1
 _SLOTS = 2
-_SIZE = 8 * _SLOTS  # native signed 64-bit integers
-
+_NUMBER = struct.Struct("<q")  # signed 64-bit integers
+_SIZE = _NUMBER.size * _SLOTS
 
 # The longest a process answers from what the counters told it without
 # asking SQLite (services/binding_cache.py, services/accounts.py).
 TRUST_SECONDS = 1.0
-# A process that failed to map the file tries again after this long.
+# A process that failed to open the file tries again after this long.
 RETRY_SECONDS = 1.0
 
-# Which mapping a number was read from, and the number.
+# Which opening of the file a number was read from, and the number.
 Stamp = tuple[int, int]
 
 
-@dataclass
-class _Mapping:
-    file: tuple[int, int]  # st_dev, st_ino
-    mapping: mmap.mmap
-    values: memoryview  # cast to "q"
-    generation: int
+class _Opened:
+    """One opening of the file. Its descriptor closes once no thread refers
+    to it any more, so no thread ever reads a number that was reused for
+    another file."""
+
+    def __init__(self, fd: int, generation: int) -> None:
+        found = os.fstat(fd)
+        self.fd = fd
+        self.file = (found.st_dev, found.st_ino)
+        self.generation = generation
+
+    def read(self, slot: int) -> int | None:
+        """None when the file is too short (truncated)."""
+        data = os.pread(self.fd, _NUMBER.size, slot * _NUMBER.size)
+        if len(data) < _NUMBER.size:
+            return None
+        return int(_NUMBER.unpack(data)[0])
+
+    def write(self, slot: int, value: int) -> None:
+        os.pwrite(self.fd, _NUMBER.pack(value), slot * _NUMBER.size)
+
+    def __del__(self) -> None:
+        os.close(self.fd)
 
 
 class ChangeCounters:
-    """Signed 64-bit numbers in a file mapped shared by every process.
+    """Signed 64-bit numbers in a file shared by every process.
 
-    Item access on a memoryview cast to "q" moves all eight bytes with one
-    aligned store or load, so a reader never sees half of a new number.
+    Each number is read and written with one pread or pwrite of eight
+    aligned bytes; a number read while another process writes it is either
+    one, or one neither wrote, which only makes the reader ask SQLite.
     """
 
     def __init__(self, database: str) -> None:
         self._path = database + SUFFIX
         self._lock = threading.Lock()
-        self._mapped: _Mapping | None = None
+        self._opened: _Opened | None = None
         self._generation = 0
         self._failed_at: float | None = None
 
     @classmethod
     def open(cls, database: str) -> ChangeCounters:
         """The counters beside SQLite file ``database``, created at 0 if
-        missing; readers ask SQLite while they cannot be mapped."""
+        missing; readers ask SQLite while they cannot be opened."""
         counters = cls(database)
         counters._current()
         return counters
 
     def read(self, slot: int) -> Stamp | None:
-        """The number in ``slot`` and the mapping it was read from; None
-        when the file cannot be mapped (the caller asks SQLite)."""
-        mapped = self._current()
-        if mapped is None:
-            return None
-        return mapped.generation, int(mapped.values[slot])
+        """The number in ``slot`` and the opening it was read from; None
+        when the file cannot be read (the caller asks SQLite)."""
+        for _ in range(2):
+            opened = self._current()
+            if opened is None:
+                return None
+            try:
+                value = opened.read(slot)
+            except OSError:
+                value = None
+            if value is not None:
+                return opened.generation, value
+            self._forget(opened)
+        return None
 
     def publish(self, slot: int, value: int) -> None:
         """Store ``value``; the caller holds SQLite's write lock."""
-        mapped = self._current()
-        if mapped is None:
+        if not self._write(slot, value):
             self._withdraw()
-            return
-        mapped.values[slot] = value
 
     def increment(self, slot: int) -> None:
         """Add one, one process at a time."""
@@ -121,80 +144,91 @@ class ChangeCounters:
         try:
             if fd is not None:
                 fcntl.flock(fd, fcntl.LOCK_EX)
-            mapped = self._current()
-            if mapped is None:
+            # A number past the end of a truncated file reads as none, and
+            # the file is replaced: counting on from 0 could bring a number
+            # back that some process remembers.
+            stamp = self.read(slot)
+            if stamp is None or not self._write(slot, stamp[1] + 1):
                 self._withdraw()
-                return
-            mapped.values[slot] += 1
         finally:
             if fd is not None:
                 os.close(fd)
 
     def close(self) -> None:
         with self._lock:
-            mapped, self._mapped = self._mapped, None
-        if mapped is not None:
-            mapped.values.release()
-            mapped.mapping.close()
+            self._opened = None
 
-    def _current(self) -> _Mapping | None:
-        """The mapping of the file at the path, mapped again if the file
-        changed; None if it cannot be mapped."""
-        mapped = self._mapped
+    def _write(self, slot: int, value: int) -> bool:
+        opened = self._current()
+        if opened is None:
+            return False
+        try:
+            opened.write(slot, value)
+        except OSError as exc:
+            logger.warning(
+                "change counters not written path=%s: %s", self._path, exc.strerror
+            )
+            self._forget(opened)
+            return False
+        return True
+
+    def _forget(self, opened: _Opened) -> None:
+        with self._lock:
+            if self._opened is opened:
+                self._opened = None
+
+    def _current(self) -> _Opened | None:
+        """The opening of the file at the path, opened again if the file
+        changed; None if it cannot be opened."""
+        opened = self._opened
         try:
             found = os.stat(self._path)
         except OSError:
             found = None
         if (
-            mapped is not None
+            opened is not None
             and found is not None
-            and (found.st_dev, found.st_ino) == mapped.file
+            and (found.st_dev, found.st_ino) == opened.file
             and found.st_size >= _SIZE
         ):
-            return mapped
+            return opened
         with self._lock:
-            return self._remap()
+            return self._reopen()
 
-    def _remap(self) -> _Mapping | None:
-        """With ``self._lock`` held."""
-        # Its numbers may be stale: nothing read from it counts now. Another
-        # thread may still read it: it is unmapped once nothing refers to it.
-        self._mapped = None
+    def _reopen(self) -> _Opened | None:
+        """With ``self._lock`` held. The numbers of the file opened before
+        may be stale: nothing read from it counts now."""
+        self._opened = None
         failed_at = self._failed_at
         if failed_at is not None and time.monotonic() - failed_at < RETRY_SECONDS:
             return None
         try:
             fd = self._open_full()
             try:
-                found = os.fstat(fd)
-                mapping = mmap.mmap(fd, _SIZE)
-            finally:
+                self._generation += 1
+                opened = _Opened(fd, self._generation)
+            except OSError:
                 os.close(fd)
-        except (OSError, ValueError) as exc:
+                raise
+        except OSError as exc:
             if self._failed_at is None:
                 logger.warning(
                     "change counters unavailable path=%s: %s",
                     self._path,
-                    getattr(exc, "strerror", None) or exc,
+                    exc.strerror,
                 )
             self._failed_at = time.monotonic()
             return None
         if self._failed_at is not None:
             logger.info("change counters available again path=%s", self._path)
             self._failed_at = None
-        self._generation += 1
-        self._mapped = _Mapping(
-            (found.st_dev, found.st_ino),
-            mapping,
-            memoryview(mapping).cast("q"),
-            self._generation,
-        )
-        return self._mapped
+        self._opened = opened
+        return opened
 
     def _open_full(self) -> int:
         """A descriptor of the file at the path, at full size. A missing or
         short file is replaced by a new one rather than grown in place: a
-        process still mapping it must see another file, not numbers that
+        process still reading it must see another file, not numbers that
         start again from 0."""
         for _ in range(3):
             try:
@@ -209,14 +243,11 @@ class ChangeCounters:
         raise OSError(errno.EAGAIN, "the file keeps changing")
 
     def _replace(self) -> None:
-        """Put a new file of zeros at the path, written out (a file with
-        holes would need disk space at the first store into the mapping,
-        and SIGBUS if there is none)."""
+        """Put a new file of zeros at the path."""
         directory = os.path.dirname(self._path) or "."
         fd, temporary = tempfile.mkstemp(prefix=".seq-", dir=directory)
         try:
             os.write(fd, bytes(_SIZE))
-            os.fsync(fd)
             os.replace(temporary, self._path)
         except OSError:
             os.unlink(temporary)
