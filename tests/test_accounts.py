@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import pytest
@@ -251,4 +252,28 @@ def test_a_logout_after_the_seq_file_went_answers_and_counts(
 
     assert logout.status_code == 200
     assert logout.get_json() == {}
+    assert after.status_code == 401
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_a_logout_through_an_instance_naming_the_database_by_a_symlink_counts(
+    config: Config, clock: FakeClock, app: Flask, homeserver: Homeserver
+) -> None:
+    """Two instances on one database, one configured with a symlink to it
+    (SQLite itself follows the link: both use one WAL)."""
+    token = register(app.test_client(), homeserver, "@dave:example.org")
+    reader = app.test_client()
+    assert reader.get(f"{V2}/account", headers=bearer(token)).status_code == 200
+    database = config.storage.sqlite_database
+    link = os.path.join(os.path.dirname(database), "elsewhere", "link.db")
+    os.makedirs(os.path.dirname(link))
+    os.symlink(database, link)
+    storage = dataclasses.replace(config.storage, sqlite_database=link)
+    other = create_app(dataclasses.replace(config, storage=storage), clock=clock)
+
+    logout = other.test_client().post(f"{V2}/account/logout", headers=bearer(token))
+    after = reader.get(f"{V2}/account", headers=bearer(token))
+    other.extensions["mxisd"].db.close()
+
+    assert logout.status_code == 200
     assert after.status_code == 401

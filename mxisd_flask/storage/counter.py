@@ -100,7 +100,9 @@ class ChangeCounters:
     """
 
     def __init__(self, database: str) -> None:
-        self._path = database + SUFFIX
+        # Beside the file SQLite opens: it follows a symlink to the database,
+        # and two instances naming it by two paths share one WAL and one lock.
+        self._path = os.path.realpath(database) + SUFFIX
         self._lock = threading.Lock()
         self._opened: _Opened | None = None
         self._generation = 0
