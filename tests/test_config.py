@@ -143,6 +143,50 @@ def test_secret_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "s3cret" not in repr(config)
 
 
+def test_environment_values_take_the_keys_types(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("MXISD_STORAGE__PROVIDER__SQLITE__BINDINGSINMEMORY", "false")
+    monkeypatch.setenv("MXISD_OUTBOUND__TIMEOUT", "0.5")
+    monkeypatch.setenv("MXISD_SERVER__TRUSTEDPROXIES", "[10.0.0.1]")
+    monkeypatch.setenv("MXISD_SERVER__PORT", "8091")
+
+    config = parse_config(with_changes())
+
+    assert config.storage.sqlite_bindings_in_memory is False
+    assert config.outbound_timeout_s == 0.5
+    assert [str(n) for n in config.server.trusted_proxies] == ["10.0.0.1/32"]
+    assert config.server.port == 8091
+
+
+def test_environment_fills_an_empty_section(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MXISD_SERVER__PORT", "8091")
+
+    config = parse_config(with_changes(server=None))
+
+    assert config.server.port == 8091
+
+
+def test_environment_under_a_section_that_is_no_mapping_is_a_config_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("MXISD_SERVER__PORT", "8091")
+
+    with pytest.raises(ConfigError, match="server: expected a mapping"):
+        parse_config(with_changes(server=5))
+
+
+def test_environment_value_that_is_no_yaml_is_named_not_shown(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("MXISD_OUTBOUND__TIMEOUT", "[s3cret")
+
+    with pytest.raises(ConfigError, match="MXISD_OUTBOUND__TIMEOUT") as caught:
+        parse_config(with_changes())
+
+    assert "s3cret" not in str(caught.value)
+
+
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "mxisd_flask", *args],

@@ -97,10 +97,27 @@ def _apply_env_overrides(raw: dict[str, Any]) -> None:
             continue
         node = raw
         *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        types = SCHEMA[key][0]
-        node[leaf] = int(value) if int in types and value.isdigit() else value
+        for depth, part in enumerate(parents, 1):
+            if node.get(part) is None:
+                node[part] = {}  # absent, or an empty "server:" line
+            node = node[part]
+            if not isinstance(node, dict):
+                section = ".".join(parents[:depth])
+                raise ConfigError(f"{section}: expected a mapping to hold {name}")
+        node[leaf] = _env_value(name, key, value)
+
+
+def _env_value(name: str, key: str, value: str) -> Any:
+    """A variable's text as the key's type: YAML's reading of it, as in the
+    file (true, 8090, 0.5, [a, b]), for keys that take no string."""
+    types = SCHEMA[key][0]
+    if str in types:
+        return int(value) if int in types and value.isdigit() else value
+    try:
+        return yaml.safe_load(value)
+    except yaml.YAMLError:
+        # The value itself stays out of the message: it may be a secret.
+        raise ConfigError(f"{key}: {name} is not valid YAML") from None
 
 
 def _names(types: tuple[type, ...]) -> str:
