@@ -44,6 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     setup_logging()
+    if args.command == "check-config":
+        # It prints the file's warnings itself, once each (_report_check).
+        logging.getLogger("mxisd_flask.config").setLevel(logging.ERROR)
     path = getattr(args, "sub_config", None) or args.config
     try:
         config = load_config(path)

@@ -119,7 +119,7 @@ def test_check_config_strict_fails_on_unknown_keys(tmp_path: Path) -> None:
     strict = run_cli("check-config", "--strict", "--config", str(path))
 
     assert lenient.returncode == 0
-    assert "did you mean server.publicUrl?" in lenient.stderr
+    assert lenient.stderr.count("did you mean server.publicUrl?") == 1
     assert strict.returncode == 1
 
 
