@@ -183,3 +183,18 @@ def test_unbind_without_session_or_signature_is_refused(
 
     assert response.status_code == 403
     assert response.get_json()["errcode"] == "M_FORBIDDEN"
+
+
+def test_unbind_with_a_threepid_that_is_no_object_names_it(
+    client: FlaskClient,
+) -> None:
+    wrong = client.post(
+        f"{V1}/3pid/unbind",
+        json={"mxid": "@carol:example.org", "threepid": "carol@example.org"},
+    )
+    absent = client.post(f"{V1}/3pid/unbind", json={"mxid": "@carol:example.org"})
+
+    assert wrong.status_code == 400
+    assert wrong.get_json()["errcode"] == "M_INVALID_PARAM"
+    assert "threepid must be an object" in wrong.get_json()["error"]
+    assert absent.get_json()["errcode"] == "M_MISSING_PARAMS"

@@ -100,8 +100,10 @@ def make_blueprint(version: str) -> Blueprint:
         body = json_body()
         (mxid,) = require_str(body, "mxid")
         threepid = body.get("threepid")
-        if not isinstance(threepid, dict):
+        if threepid is None:
             raise MissingParams("Missing parameters: threepid")
+        if not isinstance(threepid, dict):
+            raise InvalidParam("threepid must be an object with medium and address")
         medium, address = require_str(threepid, "medium", "address")
         if signed:
             origin = services().server_auth.verify(
