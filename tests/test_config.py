@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from mxisd_flask.config import load_config, parse_config
+from mxisd_flask.config import WARNINGS, load_config, parse_config
 from mxisd_flask.crypto.keys import load_or_create_signing_key
 from mxisd_flask.errors import ConfigError
 
@@ -157,6 +157,17 @@ def test_environment_values_take_the_keys_types(
     assert config.outbound_timeout_s == 0.5
     assert [str(n) for n in config.server.trusted_proxies] == ["10.0.0.1/32"]
     assert config.server.port == 8091
+
+
+def test_environment_variable_naming_no_key_is_a_warning(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("MXISD_SERVER__PROT", "8091")
+
+    config = parse_config(with_changes())
+
+    assert config.server.port == 8090
+    assert WARNINGS == ["environment variable MXISD_SERVER__PROT names no key, ignored"]
 
 
 def test_environment_fills_an_empty_section(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -94,6 +94,8 @@ def _apply_env_overrides(raw: dict[str, Any]) -> None:
         wanted = ".".join(parts).lower()
         key = next((k for k in SCHEMA if k.lower() == wanted), None)
         if key is None:
+            WARNINGS.append(f"environment variable {name} names no key, ignored")
+            logger.warning("environment variable names no key, ignored name=%s", name)
             continue
         node = raw
         *parents, leaf = key.split(".")
