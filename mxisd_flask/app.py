@@ -17,6 +17,7 @@ from mxisd_flask.http.request import read_streamed_body, reject_nul_in_query
 from mxisd_flask.services import build_services
 from mxisd_flask.services.clock import Clock, now_ms
 from mxisd_flask.services.notifications import MailSender
+from mxisd_flask.storage.counter import ChangeCounters
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -70,6 +71,9 @@ def create_app(
 
     # Flask documents replacing wsgi_app with middleware; mypy sees a method.
     app.wsgi_app = _with_cors(app.wsgi_app)  # type: ignore[method-assign,assignment]
+    counters = services.db.change_counters
+    if counters is not None:
+        app.wsgi_app = _one_reading_per_request(app.wsgi_app, counters)  # type: ignore[method-assign,assignment]
     logger.info("mxisd-flask ready server_name=%s", config.server.name)
     return app
 
@@ -85,5 +89,20 @@ def _with_cors(wsgi_app: WSGIApplication) -> WSGIApplication:
             return start_response(status, headers, *exc)
 
         return wsgi_app(environ, start)
+
+    return app
+
+
+def _one_reading_per_request(
+    wsgi_app: WSGIApplication, counters: ChangeCounters
+) -> WSGIApplication:
+    """Each request reads the shared change counters once (storage/counter.py)."""
+
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> Any:
+        counters.begin_request()
+        try:
+            return wsgi_app(environ, start_response)
+        finally:
+            counters.end_request()
 
     return app

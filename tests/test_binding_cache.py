@@ -312,3 +312,35 @@ def test_v1_lookup_answers_from_the_table_and_sees_another_workers_changes(
     assert bound["mxid"] == "@carol:example.org"
     assert asked_for_bound == []
     assert unbound == {}
+
+
+def test_a_v2_lookup_reads_the_shared_counters_once_for_its_token_and_bindings(
+    two_workers: tuple[Flask, Flask],
+    homeserver: Homeserver,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    app = two_workers[1]
+    client = app.test_client()
+    token = register(client, homeserver, "@dave:example.org")
+    services = app.extensions["mxisd"]
+    pepper = services.lookups.hash_details()["lookup_pepper"]
+    cache = services.chain.bindings_cache
+    assert cache is not None
+    cache.start()
+    wait_ready(cache, pepper)
+    sha256_lookup(client, token, pepper, [h("x@example.org", pepper)])
+    reads: list[int] = []
+    pread = os.pread
+
+    def counted(fd: int, size: int, offset: int) -> bytes:
+        reads.append(size)
+        return pread(fd, size, offset)
+
+    monkeypatch.setattr(os, "pread", counted)
+    answers = [
+        sha256_lookup(client, token, pepper, [h("x@example.org", pepper)])
+        for _ in range(2)
+    ]
+
+    assert [a.status_code for a in answers] == [200, 200]
+    assert len(reads) == 2  # one per request, not one per use

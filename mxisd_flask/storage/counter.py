@@ -55,6 +55,7 @@ ACCOUNTS = 1
 _SLOTS = 2
 _NUMBER = struct.Struct("<q")  # signed 64-bit integers
 _SIZE = _NUMBER.size * _SLOTS
+_ALL = struct.Struct(f"<{_SLOTS}q")
 
 # The longest a process answers from what the counters told it without
 # asking SQLite (services/binding_cache.py, services/accounts.py).
@@ -77,12 +78,12 @@ class _Opened:
         self.file = (found.st_dev, found.st_ino)
         self.generation = generation
 
-    def read(self, slot: int) -> int | None:
-        """None when the file is too short (truncated)."""
-        data = os.pread(self.fd, _NUMBER.size, slot * _NUMBER.size)
-        if len(data) < _NUMBER.size:
+    def read(self) -> tuple[int, ...] | None:
+        """Every slot's number; None when the file is too short (truncated)."""
+        data = os.pread(self.fd, _SIZE, 0)
+        if len(data) < _SIZE:
             return None
-        return int(_NUMBER.unpack(data)[0])
+        return _ALL.unpack(data)
 
     def write(self, slot: int, value: int) -> None:
         os.pwrite(self.fd, _NUMBER.pack(value), slot * _NUMBER.size)
@@ -107,6 +108,8 @@ class ChangeCounters:
         self._opened: _Opened | None = None
         self._generation = 0
         self._failed_at: float | None = None
+        # In a request (begin_request): its first reading of every slot.
+        self._local = threading.local()
 
     @classmethod
     def open(cls, database: str) -> ChangeCounters:
@@ -116,19 +119,46 @@ class ChangeCounters:
         counters._current()
         return counters
 
+    def begin_request(self) -> None:
+        """Until end_request, this thread's reads answer from its first one.
+
+        A request must see what was committed before it started; a reading
+        taken during it is later than that, so one suffices for the whole
+        request: a v2 lookup asks once for its token and its bindings, not
+        twice (each asking costs a stat and a pread).
+        """
+        self._local.reading = []
+
+    def end_request(self) -> None:
+        self._local.reading = None
+
     def read(self, slot: int) -> Stamp | None:
         """The number in ``slot`` and the opening it was read from; None
         when the file cannot be read (the caller asks SQLite)."""
+        reading: list[tuple[int, tuple[int, ...]]] | None = getattr(
+            self._local, "reading", None
+        )
+        if reading:
+            generation, values = reading[0]
+            return generation, values[slot]
+        found = self._read()
+        if found is None:
+            return None
+        if reading is not None:
+            reading.append(found)
+        return found[0], found[1][slot]
+
+    def _read(self) -> tuple[int, tuple[int, ...]] | None:
         for _ in range(2):
             opened = self._current()
             if opened is None:
                 return None
             try:
-                value = opened.read(slot)
+                values = opened.read()
             except OSError:
-                value = None
-            if value is not None:
-                return opened.generation, value
+                values = None
+            if values is not None:
+                return opened.generation, values
             self._forget(opened)
         return None
 
@@ -149,8 +179,8 @@ class ChangeCounters:
             # A number past the end of a truncated file reads as none, and
             # the file is replaced: counting on from 0 could bring a number
             # back that some process remembers.
-            stamp = self.read(slot)
-            if stamp is None or not self._write(slot, stamp[1] + 1):
+            found = self._read()
+            if found is None or not self._write(slot, found[1][slot] + 1):
                 self._withdraw()
         finally:
             if fd is not None:
@@ -161,6 +191,9 @@ class ChangeCounters:
             self._opened = None
 
     def _write(self, slot: int, value: int) -> bool:
+        reading = getattr(self._local, "reading", None)
+        if reading:
+            reading.clear()  # this request reads what it wrote
         opened = self._current()
         if opened is None:
             return False
