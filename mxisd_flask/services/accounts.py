@@ -70,7 +70,8 @@ class AccountService:
 
     def user_for_token(self, token: str | None) -> str:
         """The token's owner. A token found before is not asked of SQLite
-        again until some process logs a token out (storage/counter.py)."""
+        again until some process logs a token out (storage/counter.py), for
+        TRUST_SECONDS at most."""
         if not token:
             raise Unauthorized("Unrecognised access token")
         counters = self._db.change_counters
@@ -87,13 +88,13 @@ class AccountService:
             user_id = self._storage.user_for_token(cur, token)
         if user_id is None:
             raise Unauthorized("Unrecognised access token")
-        # Found before any logout counted since the count was read: a
-        # logout that counts later makes the entry stale.
-        if logouts is not None and counters is not None:
-            if counters.read(ACCOUNTS) == logouts:
-                if len(self._remembered) >= REMEMBERED_TOKENS:
-                    self._remembered.clear()
-                self._remembered[token] = (user_id, logouts, found_at)
+        # Remembered with the count read before the query: a logout counted
+        # after it makes the entry stale for every later request, which
+        # reads the count afresh.
+        if logouts is not None:
+            if len(self._remembered) >= REMEMBERED_TOKENS:
+                self._remembered.clear()
+            self._remembered[token] = (user_id, logouts, found_at)
         return user_id
 
     def logout(self, token: str | None) -> None:

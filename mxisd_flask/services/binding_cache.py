@@ -58,7 +58,7 @@ class BindingHashCache:
         self._building_in: int | None = None  # pid of the process building
         self._counters: ChangeCounters | None = None
         self._checked = 0.0  # time.monotonic() of the last read of the log
-        self._generation: int | None = None  # the counters' mapping it followed
+        self._generation: int | None = None  # the counters' opening it followed
 
     def lookup(self, hashes: Sequence[str], pepper: str) -> dict[str, str] | None:
         """mxids for those of ``hashes`` that are bound, or None when this
@@ -89,7 +89,7 @@ class BindingHashCache:
         stamp = None if counters is None else counters.read(BINDINGS)
         if self._unchanged_since(snapshot, stamp):
             return snapshot
-        # Read before the log: a later change of the mapping reads it again.
+        # Read before the log: a later reopening of the file reads it again.
         self._checked = time.monotonic()
         self._generation = None if stamp is None else stamp[0]
         with self._db.read() as cur:
@@ -103,9 +103,10 @@ class BindingHashCache:
         return snapshot
 
     def _unchanged_since(self, snapshot: _Snapshot, stamp: Stamp | None) -> bool:
-        """Whether the shared counters, in the mapping this process followed
-        at its last read of the log, still hold the snapshot's last change,
-        so the log has nothing newer, and that read was under a second ago."""
+        """Whether the shared counters, in the opening of their file this
+        process followed at its last read of the log, still hold the
+        snapshot's last change, so the log has nothing newer, and that read
+        was under a second ago."""
         return (
             stamp is not None
             and stamp == (self._generation, snapshot.seq)
@@ -179,7 +180,7 @@ class BindingHashCache:
     def _sync_counters(self, seq: int) -> int | None:
         """Fetch the shared counters; if they are behind the log (a log
         written before their file existed), store the log's last row there,
-        under the write lock as the log's writers do. Returns the mapping
+        under the write lock as the log's writers do. Returns the opening
         the table follows from now on (None: lookups read the log)."""
         counters = self._db.change_counters
         self._counters = counters
