@@ -13,7 +13,11 @@ from mxisd_flask.http import auth as internal_auth
 from mxisd_flask.http import client as client_api
 from mxisd_flask.http.errors import register_error_handlers
 from mxisd_flask.http.identity import make_blueprint
-from mxisd_flask.http.request import read_streamed_body, reject_nul_in_query
+from mxisd_flask.http.request import (
+    MAX_BODY_BYTES,
+    read_streamed_body,
+    reject_nul_in_query,
+)
 from mxisd_flask.services import build_services
 from mxisd_flask.services.clock import Clock, now_ms
 from mxisd_flask.services.notifications import MailSender
@@ -23,8 +27,6 @@ if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
 logger = logging.getLogger(__name__)
-
-MAX_BODY_BYTES = 1 << 20
 
 
 def create_app(

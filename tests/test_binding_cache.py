@@ -26,6 +26,7 @@ from mxisd_flask.config import Config
 from mxisd_flask.crypto.hashing import lookup_hash
 from mxisd_flask.services.binding_cache import BindingHashCache
 from mxisd_flask.storage import bindings as bindings_module
+from mxisd_flask.storage import held
 from mxisd_flask.storage.bindings import BindingStorage, HashStateStorage
 from mxisd_flask.storage.counter import BINDINGS, SUFFIX
 from mxisd_flask.storage.db import Database
@@ -330,13 +331,13 @@ def test_a_v2_lookup_reads_the_shared_counters_once_for_its_token_and_bindings(
     wait_ready(cache, pepper)
     sha256_lookup(client, token, pepper, [h("x@example.org", pepper)])
     reads: list[int] = []
-    pread = os.pread
+    pread = held.pread
 
     def counted(fd: int, size: int, offset: int) -> bytes:
         reads.append(size)
         return pread(fd, size, offset)
 
-    monkeypatch.setattr(os, "pread", counted)
+    monkeypatch.setattr(held, "pread", counted)
     answers = [
         sha256_lookup(client, token, pepper, [h("x@example.org", pepper)])
         for _ in range(2)

@@ -128,6 +128,8 @@ class TermsService:
 
     def check(self, user_id: str, path: str) -> None:
         """Raise TermsNotSigned if a policy guarding ``path`` is not accepted."""
+        if not self._policies:
+            return
         guarding = [
             p
             for p in self._policies

@@ -30,7 +30,9 @@ one this process has open; if not, it opens the file at the path instead
 counts for nothing: each read names the opening it came from. The numbers
 are read and written with pread and pwrite, not through a shared mapping:
 a mapped page past the end of a truncated file kills the process (SIGBUS)
-when touched, and the file may shrink between the check and the read. A
+when touched, and the file may shrink between the check and the read. The
+check and the read keep the GIL (storage/held.py): letting go of it costs
+a lookup more, under gunicorn's threads, than the calls themselves. A
 process that cannot open the file removes it when it writes the log or
 logs out, so that the others stop trusting it. Numbers read are trusted
 for TRUST_SECONDS at most, whatever the file says.
@@ -46,6 +48,8 @@ import struct
 import tempfile
 import threading
 import time
+
+from mxisd_flask.storage import held
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +84,7 @@ class _Opened:
 
     def read(self) -> tuple[int, ...] | None:
         """Every slot's number; None when the file is too short (truncated)."""
-        data = os.pread(self.fd, _SIZE, 0)
+        data = held.pread(self.fd, _SIZE, 0)
         if len(data) < _SIZE:
             return None
         return _ALL.unpack(data)
@@ -104,6 +108,7 @@ class ChangeCounters:
         # Beside the file SQLite opens: it follows a symlink to the database,
         # and two instances naming it by two paths share one WAL and one lock.
         self._path = os.path.realpath(database) + SUFFIX
+        self._encoded_path = os.fsencode(self._path)
         self._lock = threading.Lock()
         self._opened: _Opened | None = None
         self._generation = 0
@@ -217,15 +222,10 @@ class ChangeCounters:
         changed; None if it cannot be opened."""
         opened = self._opened
         try:
-            found = os.stat(self._path)
+            device, inode, size = held.identity(self._encoded_path)
         except OSError:
-            found = None
-        if (
-            opened is not None
-            and found is not None
-            and (found.st_dev, found.st_ino) == opened.file
-            and found.st_size >= _SIZE
-        ):
+            size = -1
+        if opened is not None and size >= _SIZE and (device, inode) == opened.file:
             return opened
         with self._lock:
             return self._reopen()
