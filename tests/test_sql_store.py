@@ -4,7 +4,6 @@ PostgreSQL and MariaDB (``org_db``), and Synapse's tables (``synapse_db``)."""
 from __future__ import annotations
 
 import logging
-import random
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -28,11 +27,9 @@ from conftest import (
 )
 from mxisd_flask.app import create_app
 from mxisd_flask.crypto.hashing import lookup_hash
-from mxisd_flask.errors import ConfigError, MatrixError, StoreError
-from mxisd_flask.model import normalise_address
+from mxisd_flask.errors import ConfigError, StoreError
 from mxisd_flask.services.hash_index import RETRY_S, HashIndex
 from mxisd_flask.stores.base import Capability, DirectoryEntry, Profile
-from mxisd_flask.stores.listing import normalise_listed
 from mxisd_flask.stores.sql import SqlIdentityStore
 from mxisd_flask.stores.sql_db import parse_target, prepare
 
@@ -598,69 +595,6 @@ def test_mariadb_default_port_and_sqlite_relative_path() -> None:
 def test_bad_connection_string_names_the_key(connection: str) -> None:
     with pytest.raises(ConfigError, match="sql.connection"):
         parse_target("sql", "postgresql", connection, 5, "/")
-
-
-LISTED = [
-    "John.Doe@Example.ORG",
-    "a+b@x.io",
-    "a@x.co.uk",
-    "a..b@x.org",
-    "a@x",
-    "a@x.local",
-    "a@example.test",
-    "a@1.2.3.4",
-    "a@[1.2.3.4]",
-    '"a b"@x.org',
-    "a@x.123",
-    "a@-x.org",
-    "a@x-.org",
-    "a@xn--bad.org",
-    "Jörg@Exämple.org",
-    "\u212aelvin@example.org",
-    " a@x.org",
-    "a@x.org.",
-    ".a@x.org",
-    "a.@x.org",
-    "x" * 65 + "@x.org",
-    "a@" + "b" * 64 + ".org",
-    "a@b_c.org",
-    "a@b.c0m",
-    "o'brien@example.org",
-    "a@b.com",
-    "A@B.COM",
-    "1@2.org",
-    "a@123.org",
-]
-
-
-@pytest.mark.parametrize("address", LISTED)
-def test_listed_emails_normalise_as_lookups_do(address: str) -> None:
-    try:
-        expected: str | None = normalise_address("email", address)
-    except MatrixError:
-        expected = None
-
-    assert normalise_listed("email", address) == expected
-
-
-def test_listed_emails_agree_with_lookups_on_random_addresses() -> None:
-    chars = "aaaaZZZ000._+-'@x"
-    rng = random.Random(3)
-    parts = ["", "a", "B.c", "x--y", "xn--a", "-a", "a-", "1", "local", "test"]
-    parts += ["ORG", "example", "Co.Uk", "mail-1", "com"]
-    disagree = []
-    for _ in range(3000):
-        local = "".join(rng.choice(chars) for _ in range(rng.randint(0, 6)))
-        labels = [rng.choice(parts) for _ in range(rng.randint(1, 3))]
-        address = f"{local}@{'.'.join(labels)}"
-        try:
-            expected: str | None = normalise_address("email", address)
-        except MatrixError:
-            expected = None
-        if normalise_listed("email", address) != expected:
-            disagree.append(address)
-
-    assert disagree == []
 
 
 def test_database_going_down_and_back_mid_run(
