@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+from typing import Any
+
+import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
@@ -15,6 +18,8 @@ from conftest import (
     validated_session,
 )
 from mxisd_flask.crypto.hashing import lookup_hash
+from mxisd_flask.crypto.keys import KEY_ID, verify_signature
+from mxisd_flask.services import lookups
 
 
 def bind(client: FlaskClient, mailbox: Mailbox, address: str, mxid: str) -> None:
@@ -51,6 +56,78 @@ def test_v1_lookup_without_parameters_is_missing_params(client: FlaskClient) -> 
 
     assert response.status_code == 400
     assert response.get_json()["errcode"] == "M_MISSING_PARAMS"
+
+
+def v1_lookup(client: FlaskClient, address: str) -> dict[str, Any]:
+    response = client.get(
+        f"{V1}/lookup", query_string={"medium": "email", "address": address}
+    )
+    assert response.status_code == 200
+    found: dict[str, Any] = response.get_json()
+    return found
+
+
+def test_v1_lookup_hands_out_its_signed_answer_again_until_it_is_due(
+    app: Flask, clock: FakeClock
+) -> None:
+    client = app.test_client()
+    first = v1_lookup(client, "alice@example.org")
+
+    clock.advance(60)
+    again = v1_lookup(client, "alice@example.org")
+    clock.advance(lookups.SIGNED_REUSE_MS / 1000)
+    renewed = v1_lookup(client, "alice@example.org")
+
+    assert again == first
+    assert first["ts"] == first["not_before"] == 1_700_000_000_000
+    assert renewed["ts"] == clock.ms
+    assert renewed["mxid"] == first["mxid"] == "@alice:example.org"
+    public_key = app.extensions["mxisd"].keys.public_key
+    for answer in (first, renewed):
+        assert verify_signature(answer, "example.org", KEY_ID, public_key)
+
+
+def test_v1_lookup_follows_an_unbind_and_rebind_made_by_another_worker(
+    two_workers: tuple[Flask, Flask], mailbox: Mailbox
+) -> None:
+    reader, writer = (a.test_client() for a in two_workers)
+    bind(writer, mailbox, "carol@example.org", "@carol:example.org")
+    assert v1_lookup(reader, "carol@example.org")["mxid"] == "@carol:example.org"
+
+    sid = validated_session(writer, mailbox, "carol@example.org", secret="s-un")
+    unbound = writer.post(
+        f"{V1}/3pid/unbind",
+        json={
+            "sid": sid,
+            "client_secret": "s-un",
+            "mxid": "@carol:example.org",
+            "threepid": {"medium": "email", "address": "carol@example.org"},
+        },
+    )
+    assert unbound.status_code == 200
+    after_unbind = v1_lookup(reader, "carol@example.org")
+    bind(writer, mailbox, "carol@example.org", "@dave:example.org")
+    after_rebind = v1_lookup(reader, "carol@example.org")
+
+    assert after_unbind == {}
+    assert after_rebind["mxid"] == "@dave:example.org"
+
+
+def test_v1_lookup_keeps_a_bounded_number_of_signed_answers(
+    app: Flask, mailbox: Mailbox, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(lookups, "SIGNED_KEPT", 2)
+    client = app.test_client()
+    bind(client, mailbox, "carol@example.org", "@carol:example.org")
+    bind(client, mailbox, "dave@example.org", "@dave:example.org")
+    first = v1_lookup(client, "alice@example.org")
+    clock.advance(60)
+
+    v1_lookup(client, "carol@example.org")
+    v1_lookup(client, "dave@example.org")  # a third: the kept ones are dropped
+    again = v1_lookup(client, "alice@example.org")
+
+    assert again["ts"] == first["ts"] + 60_000
 
 
 def test_bulk_lookup_returns_known_threepids_only(

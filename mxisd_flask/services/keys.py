@@ -47,12 +47,16 @@ class KeyService:
         path = "pubkey/ephemeral/isvalid" if ephemeral else "pubkey/isvalid"
         return f"{self._public_url}/_matrix/identity/v2/{path}"
 
+    def now(self) -> int:
+        """The time signed associations are dated with, in ms."""
+        return self._clock()
+
     def sign(self, obj: dict[str, Any]) -> dict[str, Any]:
         return sign_json(obj, self.server_name, self._key)
 
     def association(self, medium: str, address: str, mxid: str) -> dict[str, Any]:
         """A signed 3PID association, as bind and v1 lookup return it."""
-        now = self._clock()
+        now = self.now()
         return self.sign(
             {
                 "address": address,

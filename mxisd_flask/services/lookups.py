@@ -14,6 +14,14 @@ from mxisd_flask.services.pepper import PepperService
 
 MAX_LOOKUP_ADDRESSES = 10000
 
+# A v1 answer about one of our 3PIDs is signed once and handed out again,
+# for this long at most, while the chain still answers the same mxid:
+# signing was half of what a v1 lookup cost beyond the status endpoint
+# (bench/RESULTS.md). Its ts tells when it was signed.
+SIGNED_REUSE_MS = 3600 * 1000
+# How many signed answers a process keeps; all are dropped when full.
+SIGNED_KEPT = 10_000
+
 
 class LookupService:
     def __init__(
@@ -27,6 +35,8 @@ class LookupService:
         self._keys = keys
         self._pepper = pepper
         self._config = config
+        # (medium, address) -> (mxid, signed association)
+        self._signed: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {}
 
     def hash_details(self) -> dict[str, Any]:
         return {
@@ -55,7 +65,24 @@ class LookupService:
             return {}
         if found.association is not None:
             return self._keys.sign(found.association)
-        return self._keys.association(medium, address, found.mxid)
+        return self._signed_association(medium, address, found.mxid)
+
+    def _signed_association(
+        self, medium: str, address: str, mxid: str
+    ) -> dict[str, Any]:
+        key = (medium, address)
+        kept = self._signed.get(key)
+        if (
+            kept is not None
+            and kept[0] == mxid
+            and self._keys.now() - kept[1]["ts"] < SIGNED_REUSE_MS
+        ):
+            return kept[1]
+        signed = self._keys.association(medium, address, mxid)
+        if len(self._signed) >= SIGNED_KEPT:
+            self._signed.clear()
+        self._signed[key] = (mxid, signed)
+        return signed
 
     def bulk_lookup(
         self, threepids: Sequence[tuple[str, str]], recursive: bool = False
