@@ -46,6 +46,7 @@ from werkzeug.test import EnvironBuilder  # noqa: E402
 
 from mxisd_flask.app import create_app  # noqa: E402
 from mxisd_flask.config import load_config  # noqa: E402
+from mxisd_flask.services import Services  # noqa: E402
 
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
@@ -191,7 +192,9 @@ def main() -> int:
         )
         config_path = write_config(directory, 8090, server)
         pepper = preload(config_path, args.bindings)
-        app = create_app(load_config(str(config_path))).wsgi_app
+        flask_app = create_app(load_config(str(config_path)))
+        wait_for_table(flask_app.extensions["mxisd"], pepper)
+        app = flask_app.wsgi_app
         table = cases(args.bindings, pepper)
         if args.profile:
             return profile(app, table[args.profile], args.requests, args.sort)
@@ -220,6 +223,21 @@ def main() -> int:
     finally:
         shutil.rmtree(directory, ignore_errors=True)
     return 0
+
+
+def wait_for_table(services: Services, pepper: str, timeout_s: float = 120) -> None:
+    """Build this process's table of our bindings and wait for it, as a
+    serving worker does before its first lookup (``mxisd run`` starts the
+    build in each worker): without it, lookups ask SQLite."""
+    cache = services.chain.bindings_cache
+    if cache is None:
+        return
+    services.chain.start_caches()
+    deadline = time.monotonic() + timeout_s
+    while not cache.ready(pepper):
+        if time.monotonic() > deadline:
+            raise SystemExit("bench: the table of bindings was not built")
+        time.sleep(0.05)
 
 
 def profile(
