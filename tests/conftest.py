@@ -394,6 +394,13 @@ def sha256_lookup(
     )
 
 
+def token_and_pepper(client: FlaskClient, homeserver: Homeserver) -> tuple[str, str]:
+    """An access token of ours, and the current lookup pepper."""
+    token = register(client, homeserver, "@someone:example.org")
+    details = client.get(f"{V2}/hash_details", headers=bearer(token)).get_json()
+    return token, str(details["lookup_pepper"])
+
+
 @pytest.fixture
 def config(make_config: ConfigFactory, homeserver: Homeserver) -> Config:
     return make_config(**homeserver_config(homeserver))

@@ -16,7 +16,15 @@ from fixtures_ldap import Slapd, ldif_users, write_temp
 from flask import Flask
 from flask.testing import FlaskClient
 
-from conftest import V1, V2, ConfigFactory, Homeserver, bearer, register, sha256_lookup
+from conftest import (
+    V1,
+    V2,
+    ConfigFactory,
+    Homeserver,
+    bearer,
+    sha256_lookup,
+    token_and_pepper,
+)
 from mxisd_flask.app import create_app
 from mxisd_flask.config import parse_config
 from mxisd_flask.crypto.hashing import lookup_hash
@@ -482,13 +490,6 @@ def close_app(application: Flask) -> None:
     for store in services.stores:
         store.close()
     services.db.close()
-
-
-def token_and_pepper(client: FlaskClient, homeserver: Homeserver) -> tuple[str, str]:
-    """An access token of ours, and the current lookup pepper."""
-    token = register(client, homeserver, "@someone:example.org")
-    details = client.get(f"{V2}/hash_details", headers=bearer(token)).get_json()
-    return token, str(details["lookup_pepper"])
 
 
 def test_v1_lookup_through_the_app(ldap_app: Flask) -> None:

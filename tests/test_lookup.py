@@ -15,6 +15,7 @@ from conftest import (
     bearer,
     register,
     sha256_lookup,
+    token_and_pepper,
     validated_session,
 )
 from mxisd_flask.crypto.hashing import lookup_hash
@@ -153,6 +154,24 @@ def test_bulk_lookup_returns_known_threepids_only(
     ]
 
 
+def test_bulk_lookup_answers_each_spelling_of_one_address(client: FlaskClient) -> None:
+    response = client.post(
+        f"{V1}/bulk_lookup",
+        json={
+            "threepids": [
+                ["email", "alice@example.org"],
+                ["email", "ALICE@example.org"],
+                ["email", "alice@example.org"],
+            ]
+        },
+    )
+
+    assert sorted(map(tuple, response.get_json()["threepids"])) == [
+        ("email", "ALICE@example.org", "@alice:example.org"),
+        ("email", "alice@example.org", "@alice:example.org"),
+    ]
+
+
 def test_bulk_lookup_rejects_malformed_threepids(client: FlaskClient) -> None:
     response = client.post(f"{V1}/bulk_lookup", json={"threepids": [["email"]]})
 
@@ -201,6 +220,23 @@ def test_v2_none_algorithm_lookup(client: FlaskClient, homeserver: Homeserver) -
 
     assert response.get_json() == {
         "mappings": {"alice@example.org email": "@alice:example.org"}
+    }
+
+
+def test_v2_none_lookup_answers_each_spelling_of_one_address(
+    client: FlaskClient, homeserver: Homeserver
+) -> None:
+    token, pepper = token_and_pepper(client, homeserver)
+    spellings = ["Alice@Example.org email", "alice@example.org email"]
+
+    response = client.post(
+        f"{V2}/lookup",
+        json={"algorithm": "none", "pepper": pepper, "addresses": spellings},
+        headers=bearer(token),
+    )
+
+    assert response.get_json() == {
+        "mappings": dict.fromkeys(spellings, "@alice:example.org")
     }
 
 

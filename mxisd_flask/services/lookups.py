@@ -90,14 +90,17 @@ class LookupService:
         """POST bulk_lookup: [[medium, address, mxid], ...] for the known ones."""
         if len(threepids) > MAX_LOOKUP_ADDRESSES:
             raise InvalidParam(f"At most {MAX_LOOKUP_ADDRESSES} 3PIDs per lookup")
-        wanted: dict[tuple[str, str], tuple[str, str]] = {}
-        for medium, address in threepids:
+        # Each 3PID as asked, under the form stores know it by: two spellings
+        # of one address (case, a phone number's "+") are both answered.
+        wanted: dict[tuple[str, str], list[tuple[str, str]]] = {}
+        for medium, address in dict.fromkeys(threepids):
             try:
-                wanted[(medium, normalise_address(medium, address))] = (medium, address)
+                key = (medium, normalise_address(medium, address))
             except MatrixError:
                 continue
+            wanted.setdefault(key, []).append((medium, address))
         found = self._chain.bulk_lookup(list(wanted), recursive)
-        return [[*wanted[tp], mxid] for tp, mxid in found.items()]
+        return [[*asked, mxid] for tp, mxid in found.items() for asked in wanted[tp]]
 
     def lookup_v2(
         self,
@@ -125,12 +128,13 @@ class LookupService:
         return self._plain(addresses, recursive)
 
     def _plain(self, addresses: Sequence[str], recursive: bool) -> dict[str, str]:
-        wanted: dict[tuple[str, str], str] = {}
-        for entry in addresses:
+        wanted: dict[tuple[str, str], list[str]] = {}
+        for entry in dict.fromkeys(addresses):
             address, _, medium = entry.rpartition(" ")
             try:
-                wanted[(medium, normalise_address(medium, address))] = entry
+                key = (medium, normalise_address(medium, address))
             except MatrixError:
                 continue
+            wanted.setdefault(key, []).append(entry)
         found = self._chain.bulk_lookup(list(wanted), recursive)
-        return {wanted[tp]: mxid for tp, mxid in found.items()}
+        return {entry: mxid for tp, mxid in found.items() for entry in wanted[tp]}
