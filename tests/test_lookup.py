@@ -88,6 +88,25 @@ def test_v1_lookup_hands_out_its_signed_answer_again_until_it_is_due(
         assert verify_signature(answer, "example.org", KEY_ID, public_key)
 
 
+def test_v1_lookup_of_a_bound_3pid_answers_the_association_bind_gave(
+    two_workers: tuple[Flask, Flask], mailbox: Mailbox, clock: FakeClock
+) -> None:
+    binder, other = (a.test_client() for a in two_workers)
+    sid = validated_session(binder, mailbox, "carol@example.org", secret="s-c")
+    clock.advance(30)
+    bound = binder.post(
+        f"{V1}/3pid/bind",
+        json={"sid": sid, "client_secret": "s-c", "mxid": "@carol:example.org"},
+    ).get_json()
+    bound_at = clock.ms
+
+    clock.advance(lookups.SIGNED_REUSE_MS / 1000 + 60)
+    answers = [v1_lookup(c, "carol@example.org") for c in (binder, other, other)]
+
+    assert bound["ts"] == bound["not_before"] == bound_at
+    assert answers == [bound, bound, bound]
+
+
 def test_v1_lookup_follows_an_unbind_and_rebind_made_by_another_worker(
     two_workers: tuple[Flask, Flask], mailbox: Mailbox
 ) -> None:

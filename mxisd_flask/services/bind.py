@@ -60,11 +60,12 @@ class BindService:
             raise Unauthorized("You may only bind 3PIDs to your own Matrix ID")
         threepid = self._sessions.validated_threepid(sid, client_secret)
 
+        now = self._clock()
         with self._db.write() as cur:
             pepper = self._pepper.pepper_for_write(cur)
             hashed = lookup_hash(threepid.address, threepid.medium, pepper)
             self._storage.upsert(
-                cur, threepid.medium, threepid.address, mxid, hashed, self._clock()
+                cur, threepid.medium, threepid.address, mxid, hashed, now
             )
             # In the same transaction: a bind never commits without its invites.
             queued = self._onbind is not None and self._onbind.record_bound(
@@ -73,7 +74,8 @@ class BindService:
         logger.info("bind mxid=%s medium=%s sid=%s", mxid, threepid.medium, sid)
         if queued and self._onbind is not None:
             self._onbind.on_queued()
-        return self._keys.association(threepid.medium, threepid.address, mxid)
+        # Dated as the binding is: a v1 lookup answers this same association.
+        return self._keys.association(threepid.medium, threepid.address, mxid, now)
 
     def unbind(
         self,

@@ -54,16 +54,19 @@ class KeyService:
     def sign(self, obj: dict[str, Any]) -> dict[str, Any]:
         return sign_json(obj, self.server_name, self._key)
 
-    def association(self, medium: str, address: str, mxid: str) -> dict[str, Any]:
-        """A signed 3PID association, as bind and v1 lookup return it."""
-        now = self.now()
+    def association(
+        self, medium: str, address: str, mxid: str, verified_ts: int | None = None
+    ) -> dict[str, Any]:
+        """A signed 3PID association, as bind and v1 lookup return it, dated
+        ``verified_ts`` (when the 3PID was verified; now if not given)."""
+        ts = self.now() if verified_ts is None else verified_ts
         return self.sign(
             {
                 "address": address,
                 "medium": medium,
                 "mxid": mxid,
-                "not_before": now,
-                "not_after": now + ASSOCIATION_VALIDITY_MS,
-                "ts": now,
+                "not_before": ts,
+                "not_after": ts + ASSOCIATION_VALIDITY_MS,
+                "ts": ts,
             }
         )

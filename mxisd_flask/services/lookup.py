@@ -52,6 +52,10 @@ class LocalBindingProvider(IdentityStore):
         with self._db.read() as cur:
             return self._storage.get_many(cur, threepids)
 
+    def bound_since(self, medium: str, address: str, mxid: str) -> int | None:
+        with self._db.read() as cur:
+            return self._storage.bound_since(cur, medium, address, mxid)
+
     def hashed_lookup(self, hashes: Sequence[str], pepper: str) -> dict[str, str]:
         if self.cache is not None:
             found = self.cache.lookup(hashes, pepper)
@@ -110,6 +114,11 @@ class LookupChain:
         if recursive and self._remote is not None:
             return self._remote.lookup(medium, address)
         return None
+
+    def bound_since(self, medium: str, address: str, mxid: str) -> int | None:
+        """When the 3PID was bound here to ``mxid``; None if it was not (a
+        store's 3PID, or one unbound meanwhile)."""
+        return self._bindings.bound_since(medium, address, mxid)
 
     def bulk_lookup(
         self, threepids: Sequence[ThreePid], recursive: bool = False

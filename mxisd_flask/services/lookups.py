@@ -17,7 +17,7 @@ MAX_LOOKUP_ADDRESSES = 10000
 # A v1 answer about one of our 3PIDs is signed once and handed out again,
 # for this long at most, while the chain still answers the same mxid:
 # signing was half of what a v1 lookup cost beyond the status endpoint
-# (bench/RESULTS.md). Its ts tells when it was signed.
+# (bench/RESULTS.md).
 SIGNED_REUSE_MS = 3600 * 1000
 # How many signed answers a process keeps; all are dropped when full.
 SIGNED_KEPT = 10_000
@@ -35,8 +35,8 @@ class LookupService:
         self._keys = keys
         self._pepper = pepper
         self._config = config
-        # (medium, address) -> (mxid, signed association)
-        self._signed: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {}
+        # (medium, address) -> (mxid, signed association, when it was signed)
+        self._signed: dict[tuple[str, str], tuple[str, dict[str, Any], int]] = {}
 
     def hash_details(self) -> dict[str, Any]:
         return {
@@ -70,18 +70,19 @@ class LookupService:
     def _signed_association(
         self, medium: str, address: str, mxid: str
     ) -> dict[str, Any]:
+        """The association, dated as the spec's ts says: when the 3PID was
+        verified. For a 3PID bound here that is its bind, and the answer is
+        the association bind gave; a store's 3PID is verified as we ask."""
         key = (medium, address)
+        now = self._keys.now()
         kept = self._signed.get(key)
-        if (
-            kept is not None
-            and kept[0] == mxid
-            and self._keys.now() - kept[1]["ts"] < SIGNED_REUSE_MS
-        ):
+        if kept is not None and kept[0] == mxid and now - kept[2] < SIGNED_REUSE_MS:
             return kept[1]
-        signed = self._keys.association(medium, address, mxid)
+        bound_ts = self._chain.bound_since(medium, address, mxid)
+        signed = self._keys.association(medium, address, mxid, bound_ts)
         if len(self._signed) >= SIGNED_KEPT:
             self._signed.clear()
-        self._signed[key] = (mxid, signed)
+        self._signed[key] = (mxid, signed, now)
         return signed
 
     def bulk_lookup(

@@ -34,6 +34,18 @@ class BindingStorage:
         row = cur.fetchone()
         return str(row[0]) if row else None
 
+    def bound_since(
+        self, cur: Cursor, medium: str, address: str, mxid: str
+    ) -> int | None:
+        """When the 3PID was bound to ``mxid``, if it is bound to it."""
+        cur.execute(
+            "SELECT created_ts FROM bindings "
+            "WHERE medium = ? AND address = ? AND mxid = ?",
+            (medium, address, mxid),
+        )
+        row = cur.fetchone()
+        return int(row[0]) if row else None
+
     def get_many(
         self, cur: Cursor, threepids: Sequence[tuple[str, str]]
     ) -> dict[tuple[str, str], str]:
