@@ -84,3 +84,40 @@ def test_quick_path_agrees_with_the_full_check_on_random_addresses() -> None:
             disagree.append(address)
 
     assert disagree == []
+
+
+# RFC 5890 reserves labels with "--" in their third and fourth places for
+# IDNA ("xn--"); email_validator refuses the others ("ab--cd"), which the
+# quick path took as plain DNS labels.
+RESERVED_HYPHEN_LABELS = [
+    "a@ab--cd.com",
+    "A@AB--CD.COM",
+    "a@mail.ab--cd.org",
+    "a@ab---c.org",
+    "a@1q--3.org",
+    "a@ab--.org",
+]
+
+
+@pytest.mark.parametrize("address", RESERVED_HYPHEN_LABELS)
+def test_quick_path_refuses_reserved_hyphen_labels_as_the_full_check_does(
+    address: str,
+) -> None:
+    assert outcome(checked_email, address) is None
+    assert outcome(quick, address) is None
+
+
+def test_quick_path_agrees_on_random_labels_with_hyphens() -> None:
+    rng = random.Random(5)
+    label_chars = "ab1-"
+    disagree = []
+    for _ in range(3000):
+        labels = [
+            "".join(rng.choice(label_chars) for _ in range(rng.randint(1, 6)))
+            for _ in range(rng.randint(1, 3))
+        ]
+        address = f"user@{'.'.join(labels)}.org"
+        if outcome(quick, address) != outcome(checked_email, address):
+            disagree.append(address)
+
+    assert disagree == []
