@@ -107,6 +107,38 @@ def test_v1_lookup_of_a_bound_3pid_answers_the_association_bind_gave(
     assert answers == [bound, bound, bound]
 
 
+def test_v1_lookup_signs_again_when_the_clock_went_back(
+    app: Flask, clock: FakeClock
+) -> None:
+    # time.time() steps back (NTP, an operator): an answer signed "later"
+    # than now would be handed out until the clock caught up plus an hour,
+    # its not_before in the future all along.
+    client = app.test_client()
+    first = v1_lookup(client, "alice@example.org")
+
+    clock.advance(-2 * 3600)
+    after_step_back = v1_lookup(client, "alice@example.org")
+
+    assert first["ts"] == 1_700_000_000_000
+    assert after_step_back["ts"] == after_step_back["not_before"] == clock.ms
+    public_key = app.extensions["mxisd"].keys.public_key
+    assert verify_signature(after_step_back, "example.org", KEY_ID, public_key)
+
+
+def unbind(client: FlaskClient, mailbox: Mailbox, address: str, mxid: str) -> None:
+    sid = validated_session(client, mailbox, address, secret="s-un")
+    response = client.post(
+        f"{V1}/3pid/unbind",
+        json={
+            "sid": sid,
+            "client_secret": "s-un",
+            "mxid": mxid,
+            "threepid": {"medium": "email", "address": address},
+        },
+    )
+    assert response.status_code == 200
+
+
 def test_v1_lookup_follows_an_unbind_and_rebind_made_by_another_worker(
     two_workers: tuple[Flask, Flask], mailbox: Mailbox
 ) -> None:
@@ -114,23 +146,34 @@ def test_v1_lookup_follows_an_unbind_and_rebind_made_by_another_worker(
     bind(writer, mailbox, "carol@example.org", "@carol:example.org")
     assert v1_lookup(reader, "carol@example.org")["mxid"] == "@carol:example.org"
 
-    sid = validated_session(writer, mailbox, "carol@example.org", secret="s-un")
-    unbound = writer.post(
-        f"{V1}/3pid/unbind",
-        json={
-            "sid": sid,
-            "client_secret": "s-un",
-            "mxid": "@carol:example.org",
-            "threepid": {"medium": "email", "address": "carol@example.org"},
-        },
-    )
-    assert unbound.status_code == 200
+    unbind(writer, mailbox, "carol@example.org", "@carol:example.org")
     after_unbind = v1_lookup(reader, "carol@example.org")
     bind(writer, mailbox, "carol@example.org", "@dave:example.org")
     after_rebind = v1_lookup(reader, "carol@example.org")
 
     assert after_unbind == {}
     assert after_rebind["mxid"] == "@dave:example.org"
+
+
+def test_v1_lookup_dates_a_rebind_to_the_same_mxid_anew(
+    two_workers: tuple[Flask, Flask], mailbox: Mailbox, clock: FakeClock
+) -> None:
+    reader, writer = (a.test_client() for a in two_workers)
+    bind(writer, mailbox, "carol@example.org", "@carol:example.org")
+    first = v1_lookup(reader, "carol@example.org")
+    unbind(writer, mailbox, "carol@example.org", "@carol:example.org")
+    assert v1_lookup(reader, "carol@example.org") == {}
+
+    clock.advance(60)
+    sid = validated_session(writer, mailbox, "carol@example.org", secret="s-again")
+    rebound = writer.post(
+        f"{V1}/3pid/bind",
+        json={"sid": sid, "client_secret": "s-again", "mxid": "@carol:example.org"},
+    )
+    again = v1_lookup(reader, "carol@example.org")
+
+    assert again == rebound.get_json()
+    assert again["ts"] == first["ts"] + 60_000
 
 
 def test_v1_lookup_keeps_a_bounded_number_of_signed_answers(

@@ -62,6 +62,8 @@ class LookupService:
             return {}
         found = self._chain.find(medium, address, recursive)
         if found is None:
+            # Unbound: a later binding, even to the same mxid, is dated anew.
+            self._signed.pop((medium, address), None)
             return {}
         if found.association is not None:
             return self._keys.sign(found.association)
@@ -76,7 +78,13 @@ class LookupService:
         key = (medium, address)
         now = self._keys.now()
         kept = self._signed.get(key)
-        if kept is not None and kept[0] == mxid and now - kept[2] < SIGNED_REUSE_MS:
+        # A wall clock stepped back makes the age negative: sign again
+        # rather than hand out an answer dated after now.
+        if (
+            kept is not None
+            and kept[0] == mxid
+            and 0 <= now - kept[2] < SIGNED_REUSE_MS
+        ):
             return kept[1]
         bound_ts = self._chain.bound_since(medium, address, mxid)
         signed = self._keys.association(medium, address, mxid, bound_ts)
